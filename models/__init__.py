@@ -1,0 +1,1 @@
+"""Generative programs p(x | z) p(z), one module per backend (``*_pyro``, ``*_numpyro``)."""

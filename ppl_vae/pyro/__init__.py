@@ -1,0 +1,43 @@
+"""The Pyro (torch) half of ppl_vae.
+
+Mirror image of :mod:`ppl_vae.numpyro`: same module names, same public names.
+"""
+
+from ppl_vae.pyro.likelihoods import DiscretizedLogistic, bernoulli, discretized_logistic
+from ppl_vae.pyro.vamp_prior import VampPrior, vamp_prior
+from ppl_vae.pyro.priors import (
+    LearnedVampPrior,
+    MixtureOfGaussiansPrior,
+    Prior,
+    StandardNormalPrior,
+    prior_cache,
+    vamp_data_prior,
+)
+from ppl_vae.pyro.nets import MLP, Decoder, Encoder, GatedDense
+from ppl_vae.pyro.evaluation import importance_log_likelihood, importance_log_weights
+from ppl_vae.pyro.training import FitResult, TrainingDivergedError, elbo_per_example, fit, warmup_beta
+
+__all__ = [
+    "VampPrior",
+    "vamp_prior",
+    "Prior",
+    "StandardNormalPrior",
+    "MixtureOfGaussiansPrior",
+    "LearnedVampPrior",
+    "vamp_data_prior",
+    "prior_cache",
+    "bernoulli",
+    "discretized_logistic",
+    "DiscretizedLogistic",
+    "GatedDense",
+    "MLP",
+    "Encoder",
+    "Decoder",
+    "importance_log_likelihood",
+    "importance_log_weights",
+    "fit",
+    "FitResult",
+    "TrainingDivergedError",
+    "elbo_per_example",
+    "warmup_beta",
+]

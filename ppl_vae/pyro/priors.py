@@ -1,0 +1,195 @@
+"""Priors p(z) as objects handed to a model.
+
+A prior is a ``torch.nn.Module`` whose call registers its parameters with Pyro (by name) and
+returns a distribution with event shape ``(L,)``:
+
+- :class:`StandardNormalPrior` -- ``N(0, I)``;
+- :class:`MixtureOfGaussiansPrior` -- a mixture with learned weights, locations and scales;
+- :class:`LearnedVampPrior` -- the VampPrior with K learned pseudo-inputs, initialised as the
+  reference does (``N(0.05, 0.01)``, kept in [0, 1] by a hardtanh);
+- :func:`vamp_data_prior` -- the VampPrior-data: pseudo-inputs initialised from K training
+  images plus ``N(0, 0.01)`` noise, still trainable.
+
+During evaluation the prior is fixed, so :func:`prior_cache` lets each prior build its
+distribution once (for the VampPrior: encode the K pseudo-inputs once, not per chunk).
+"""
+
+import contextlib
+
+import pyro
+import torch
+from pyro.distributions import Categorical, MixtureSameFamily, Normal
+from torch import nn
+
+from ppl_vae.pyro.vamp_prior import vamp_prior
+
+__all__ = [
+    "Prior",
+    "StandardNormalPrior",
+    "MixtureOfGaussiansPrior",
+    "LearnedVampPrior",
+    "vamp_data_prior",
+    "prior_cache",
+]
+
+_CACHE = None  # dict id(prior) -> distribution while prior_cache() is active
+
+
+@contextlib.contextmanager
+def prior_cache():
+    """Within this context every :class:`Prior` builds its distribution once.
+
+    Only valid while parameters do not change (evaluation); gradients are not tracked.
+    """
+    global _CACHE
+    outer = _CACHE
+    _CACHE = {} if outer is None else outer
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        _CACHE = outer
+
+
+class Prior(nn.Module):
+    """Base class: ``prior()`` registers parameters with Pyro and returns p(z).
+
+    Subclasses implement :meth:`register` (``pyro.module`` calls) and :meth:`build`
+    (the distribution, event shape ``(latent_dim,)``).
+    """
+
+    latent_dim: int
+
+    def register(self):
+        pass
+
+    def build(self):
+        raise NotImplementedError
+
+    def forward(self):
+        if _CACHE is not None and id(self) in _CACHE:
+            return _CACHE[id(self)]
+        self.register()
+        d = self.build()
+        if _CACHE is not None:
+            _CACHE[id(self)] = d
+        return d
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return value
+
+
+class StandardNormalPrior(Prior):
+    """:math:`p(z) = N(0, I_L)`. ``TraceMeanField_ELBO`` uses the analytic KL with it."""
+
+    def __init__(self, latent_dim=40):
+        super().__init__()
+        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
+        self.register_buffer("loc", torch.zeros(latent_dim))
+
+    def build(self):
+        return Normal(self.loc, torch.ones_like(self.loc)).to_event(1)
+
+
+class MixtureOfGaussiansPrior(Prior):
+    """:math:`p(z) = \\sum_k \\pi_k N(z; m_k, diag\\, s_k^2)` with learned ``pi, m, s``.
+
+    Registered with Pyro as module ``"prior"``.
+
+    :param int num_components: K.
+    :param float init_loc_scale: component locations start at ``N(0, init_loc_scale^2)``.
+    """
+
+    def __init__(self, latent_dim=40, num_components=500, init_loc_scale=1.0, generator=None):
+        super().__init__()
+        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
+        num_components = _check_positive_int("num_components", num_components)
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.loc = nn.Parameter(
+            init_loc_scale * torch.randn(num_components, latent_dim, generator=generator)
+        )
+        self.log_scale = nn.Parameter(torch.zeros(num_components, latent_dim))
+
+    def register(self):
+        pyro.module("prior", self)
+
+    def build(self):
+        components = Normal(self.loc, self.log_scale.exp()).to_event(1)
+        return MixtureSameFamily(Categorical(logits=self.logits), components)
+
+
+class PseudoInputs(nn.Module):
+    """K trainable pseudo-inputs, kept in ``[low, high]`` by a hardtanh as in the reference."""
+
+    def __init__(self, init, low=0.0, high=1.0):
+        super().__init__()
+        self.weight = nn.Parameter(init)
+        self.low, self.high = float(low), float(high)
+
+    def forward(self):
+        return nn.functional.hardtanh(self.weight, self.low, self.high)
+
+
+class LearnedVampPrior(Prior):
+    """VampPrior with learned pseudo-inputs: :math:`p(z) = \\frac1K \\sum_k q(z \\mid u_k)`.
+
+    Registers the shared encoder as ``"encoder"`` (the guide's name, so both use one set of
+    weights) and the pseudo-inputs as ``"pseudo_inputs"``.
+
+    :param encoder: the guide's :class:`~ppl_vae.pyro.nets.Encoder` (or any module mapping
+        ``(K, D)`` to ``(loc, scale)``).
+    :param int num_pseudo: K.
+    :param int input_dim: D; defaults to ``encoder.input_dim``.
+    :param torch.Tensor init: optional ``(K, D)`` initial pseudo-inputs; by default
+        ``N(init_loc, init_scale^2)``.
+    """
+
+    def __init__(self, encoder, num_pseudo=500, input_dim=None, init=None, init_loc=0.05,
+                 init_scale=0.01, generator=None):
+        super().__init__()
+        num_pseudo = _check_positive_int("num_pseudo", num_pseudo)
+        if input_dim is None:
+            input_dim = getattr(encoder, "input_dim", None)
+        input_dim = _check_positive_int("input_dim", input_dim)
+        if init is None:
+            init = init_loc + init_scale * torch.randn(num_pseudo, input_dim, generator=generator)
+        elif tuple(init.shape) != (num_pseudo, input_dim):
+            raise ValueError(
+                f"init must have shape (num_pseudo, input_dim) = ({num_pseudo}, {input_dim}); "
+                f"got {tuple(init.shape)}."
+            )
+        self.encoder = encoder
+        self.latent_dim = getattr(encoder, "latent_dim", None)
+        self.pseudo_inputs = PseudoInputs(init.float())
+
+    @property
+    def num_pseudo(self):
+        return self.pseudo_inputs.weight.shape[0]
+
+    def register(self):
+        pyro.module("encoder", self.encoder)
+        pyro.module("pseudo_inputs", self.pseudo_inputs)
+
+    def build(self):
+        return vamp_prior(self.encoder, self.pseudo_inputs())
+
+
+def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, generator=None):
+    """VampPrior-data: pseudo-inputs start at the first ``num_pseudo`` rows of ``data``
+    (training images, ``(N, D)``) plus ``N(0, noise_scale^2)`` noise, as in the reference."""
+    data = torch.as_tensor(data, dtype=torch.float32)
+    if data.dim() != 2:
+        raise ValueError(f"data must have shape (N, D); got {tuple(data.shape)}.")
+    num_pseudo = _check_positive_int("num_pseudo", num_pseudo)
+    if data.shape[0] < num_pseudo:
+        raise ValueError(
+            f"vamp_data_prior needs at least num_pseudo = {num_pseudo} rows of data; "
+            f"got {data.shape[0]}."
+        )
+    init = data[:num_pseudo] + noise_scale * torch.randn(
+        num_pseudo, data.shape[1], generator=generator
+    )
+    return LearnedVampPrior(encoder, num_pseudo, data.shape[1], init=init)

@@ -1,0 +1,139 @@
+"""The VampPrior as a Pyro distribution.
+
+The VampPrior (Tomczak & Welling, 2018) is the aggregate posterior of the encoder evaluated at
+K learned pseudo-inputs :math:`u_1, \\dots, u_K`:
+
+.. math::
+
+    p_\\lambda(z) = \\frac{1}{K} \\sum_{k=1}^K q_\\phi(z \\mid u_k)
+                 = \\frac{1}{K} \\sum_{k=1}^K \\mathcal{N}(z; \\mu_k, \\operatorname{diag} \\sigma_k^2).
+
+The distribution holds the component parameters ``(mu_k, sigma_k)`` only; networks live in the
+model, which builds the distribution with :func:`vamp_prior` (see :mod:`ppl_vae.pyro.priors`).
+"""
+
+import math
+
+import torch
+from pyro.distributions import TorchDistribution, constraints
+
+from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
+
+__all__ = ["VampPrior", "vamp_prior"]
+
+
+class VampPrior(TorchDistribution):
+    """Uniform mixture of K diagonal Gaussians over :math:`z \\in \\mathbb{R}^L`.
+
+    .. math::
+
+        \\log p(z) = \\operatorname{logsumexp}_k \\log \\mathcal{N}(z; \\mu_k,
+                      \\operatorname{diag} \\sigma_k^2) - \\log K
+
+    The log-density is computed with matrix products, never a ``(N, K, L)`` intermediate,
+    and is stable far from every component and for K in the thousands
+    (:func:`~ppl_vae.pyro._mixture_math.diag_normal_mixture_log_prob`).
+
+    Example::
+
+        >>> import torch
+        >>> p = VampPrior(torch.zeros(3, 2), torch.ones(3, 2))
+        >>> p.event_shape, p.batch_shape
+        (torch.Size([2]), torch.Size([]))
+        >>> float(p.log_prob(torch.zeros(2)))  # == log N(0; 0, I) in 2-D
+        -1.8378770351409912
+
+    :param torch.Tensor component_loc: component means :math:`\\mu_k`, shape ``(K, L)``.
+    :param torch.Tensor component_scale: component standard deviations :math:`\\sigma_k > 0`,
+        shape ``(K, L)``.
+    :param bool validate_args: as for every torch distribution.
+
+    References:
+
+    [1] J. M. Tomczak, M. Welling. VAE with a VampPrior. AISTATS 2018.
+    """
+
+    arg_constraints = {
+        "component_loc": constraints.real,
+        "component_scale": constraints.positive,
+    }
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, component_loc, component_scale, validate_args=None):
+        if not (torch.is_tensor(component_loc) and torch.is_tensor(component_scale)):
+            raise TypeError(
+                "VampPrior expects torch tensors for component_loc and component_scale; got "
+                f"{type(component_loc).__name__} and {type(component_scale).__name__}."
+            )
+        if component_loc.dim() != 2 or component_loc.shape != component_scale.shape:
+            raise ValueError(
+                "VampPrior expects component_loc and component_scale of the same shape (K, L); "
+                f"got component_loc {tuple(component_loc.shape)} and component_scale "
+                f"{tuple(component_scale.shape)}."
+            )
+        if component_loc.shape[0] == 0:
+            raise ValueError("VampPrior needs at least one component (K >= 1); got K = 0.")
+        self.component_loc = component_loc
+        self.component_scale = component_scale
+        event_shape = component_loc.shape[-1:]
+        super().__init__(torch.Size(), event_shape, validate_args=validate_args)
+
+    @property
+    def num_components(self):
+        return self.component_loc.shape[0]
+
+    def expand(self, batch_shape, _instance=None):
+        # The default expand wraps the distribution in ExpandedDistribution, behind which a KL
+        # registered for VampPrior is never found; the components are shared by every batch
+        # element, so expanding only records the new batch shape.
+        new = self._get_checked_instance(VampPrior, _instance)
+        new.component_loc = self.component_loc
+        new.component_scale = self.component_scale
+        super(VampPrior, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        new._validate_args = self._validate_args
+        return new
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        return diag_normal_mixture_log_prob(
+            value, self.component_loc, self.component_scale
+        ) - math.log(self.num_components)
+
+    def sample(self, sample_shape=torch.Size()):
+        shape = self._extended_shape(sample_shape)  # sample_shape + batch_shape + (L,)
+        with torch.no_grad():
+            k = torch.randint(
+                self.num_components, shape[:-1], device=self.component_loc.device
+            )
+            loc = self.component_loc[k]
+            scale = self.component_scale[k]
+            return loc + scale * torch.randn(shape, dtype=loc.dtype, device=loc.device)
+
+    @property
+    def mean(self):
+        return self.component_loc.mean(0).expand(self.batch_shape + self.event_shape)
+
+    @property
+    def variance(self):
+        # Law of total variance: E_k[sigma_k^2] + Var_k[mu_k].
+        second_moment = (self.component_scale**2 + self.component_loc**2).mean(0)
+        var = second_moment - self.component_loc.mean(0) ** 2
+        return var.expand(self.batch_shape + self.event_shape)
+
+
+def vamp_prior(encoder, pseudo_inputs, validate_args=None):
+    """Build the :class:`VampPrior` of ``encoder`` at ``pseudo_inputs``.
+
+    :param encoder: a callable mapping ``(K, D)`` inputs to ``(loc, scale)``, each ``(K, L)``.
+    :param torch.Tensor pseudo_inputs: the K pseudo-inputs, shape ``(K, D)``.
+    :rtype: VampPrior
+    """
+    if not torch.is_tensor(pseudo_inputs) or pseudo_inputs.dim() != 2:
+        raise ValueError(
+            "pseudo_inputs must be a tensor of shape (K, D); got "
+            f"{tuple(pseudo_inputs.shape) if torch.is_tensor(pseudo_inputs) else type(pseudo_inputs).__name__}."
+        )
+    loc, scale = encoder(pseudo_inputs)
+    return VampPrior(loc, scale, validate_args=validate_args)
