@@ -183,7 +183,7 @@ class _BaseMixture(BaseEstimator):
 
     def _validate_X(self, X, reset):
         X = check_array(X, dtype=np.float64, ensure_min_samples=2 if reset else 1,
-                        estimator=self)
+                        estimator=self, input_name="X")
         if reset:
             self.n_features_in_ = X.shape[1]
         elif X.shape[1] != self.n_features_in_:
@@ -873,7 +873,7 @@ class BayesianGaussianMixture(_BaseMixture):
         _, log_det_w_inv = np.linalg.slogdet(w_inv)
         log_wishart = (self._log_wishart_norm(nu, log_det_w_inv, dim)
                        + 0.5 * (nu - dim - 1.0) * log_det_lam
-                       - 0.5 * np.einsum("...ij,skij->sk", w_inv, lam))
+                       - 0.5 * np.einsum("kij,skij->sk", w_inv, lam))
         return np.sum(log_normal + log_wishart, axis=1)
 
     def log_q_draws(self, draws):
@@ -922,7 +922,8 @@ class BayesianGaussianMixture(_BaseMixture):
         log_prior = (self._log_weight_density(weights, self.weight_concentration_prior_)
                      + self._log_gauss_wishart(means, covariances, self.mean_prior_,
                                                self.mean_precision_prior_, nu0,
-                                               self.covariance_prior_[None]))
+                                               np.broadcast_to(self.covariance_prior_,
+                                                               covariances.shape[1:])))
         return log_prior + self.log_likelihood_draws(X, draws).sum(axis=1)
 
     def membership_intervals(self, X, num_samples=1000, credible_mass=0.9,
