@@ -1,0 +1,52 @@
+"""The NumPyro (JAX) half of ppl_vae.
+
+Mirror image of :mod:`ppl_vae.pyro`: same module names, same public names. The signatures
+match too, plus NumPyro's leading ``rng_key`` wherever randomness is used; networks are
+Equinox modules (:mod:`ppl_vae.numpyro.nets`) and trained parameters are passed explicitly
+(``params=``), since NumPyro keeps no global parameter store.
+"""
+
+from ppl_vae.numpyro.likelihoods import DiscretizedLogistic, bernoulli, discretized_logistic
+from ppl_vae.numpyro.vamp_prior import VampPrior, vamp_prior
+from ppl_vae.numpyro.priors import (
+    LearnedVampPrior,
+    MixtureOfGaussiansPrior,
+    Prior,
+    StandardNormalPrior,
+    prior_cache,
+    vamp_data_prior,
+)
+from ppl_vae.numpyro.nets import MLP, Decoder, Encoder, GatedDense
+from ppl_vae.numpyro.evaluation import importance_log_likelihood, importance_log_weights
+from ppl_vae.numpyro.training import (
+    FitResult,
+    TrainingDivergedError,
+    elbo_per_example,
+    fit,
+    warmup_beta,
+)
+
+__all__ = [
+    "VampPrior",
+    "vamp_prior",
+    "Prior",
+    "StandardNormalPrior",
+    "MixtureOfGaussiansPrior",
+    "LearnedVampPrior",
+    "vamp_data_prior",
+    "prior_cache",
+    "bernoulli",
+    "discretized_logistic",
+    "DiscretizedLogistic",
+    "GatedDense",
+    "MLP",
+    "Encoder",
+    "Decoder",
+    "importance_log_likelihood",
+    "importance_log_weights",
+    "fit",
+    "FitResult",
+    "TrainingDivergedError",
+    "elbo_per_example",
+    "warmup_beta",
+]

@@ -1,0 +1,218 @@
+"""Importance-sampled marginal log-likelihood for any model/guide pair (NumPyro).
+
+Mirror of :mod:`ppl_vae.pyro.evaluation`:
+
+.. math::
+
+    \\log p(x) \\approx \\log \\frac1S \\sum_{s=1}^S
+        \\frac{p(x, z_s)}{q(z_s \\mid x)}, \\qquad z_s \\sim q(z \\mid x),
+
+per example, as in Burda et al. (2016) and Tomczak & Welling (2018) (S = 5000). The model and
+guide must follow the plate convention: every sample site lies in the plate ``"data"`` at
+dim -1 and the first argument is the data batch. The S particles are drawn vectorised in an
+outer plate at dim -2, in chunks of at most ``batch_size`` (example, particle) pairs, so memory
+is bounded by ``batch_size`` whatever N and S are. Each chunk is one call of a jitted
+function (the last chunk is padded, so it compiles once).
+
+**Parameters.** NumPyro keeps no global parameter store: pass the trained values as
+``params=`` (the dict of :class:`~ppl_vae.numpyro.FitResult`, ``svi.get_params(state)``),
+which is substituted into both model and guide inside the jitted function (the values are
+arguments, not compile-time constants). ``params=None`` evaluates the model and guide as
+they are, e.g. already wrapped in ``numpyro.handlers.substitute(model, data=params)``, or
+with the initial weights of their networks.
+
+**Fixed work is done once.** Every :class:`~ppl_vae.numpyro.Prior` is built once per call
+(for the VampPrior: the K pseudo-input encodings) by one jitted trace of the model on one
+example; the resulting distributions are handed to each chunk as a pytree argument.
+"""
+
+import math
+
+import jax
+import numpy as np
+from jax import lax, random
+import jax.numpy as jnp
+import numpyro
+from numpyro import handlers
+
+from ppl_vae.numpyro.priors import _cached_priors
+
+__all__ = ["importance_log_weights", "importance_log_likelihood", "log_weight_chunks"]
+
+_PARTICLES = "_ppl_vae_particles"
+
+
+def _check_key(rng_key):
+    if not isinstance(rng_key, (jax.Array, np.ndarray)):
+        raise TypeError(
+            f"rng_key must be a jax.random.PRNGKey; got {type(rng_key).__name__}."
+        )
+    return rng_key
+
+
+def _check_args(data, num_samples, batch_size):
+    data = np.asarray(data)
+    if data.ndim < 2:
+        raise ValueError(f"data must have shape (N, ...) with N examples; got {data.shape}.")
+    if data.shape[0] == 0:
+        raise ValueError(f"data must have at least one example; got shape {data.shape}.")
+    data = data.astype(jnp.result_type(float), copy=False)
+    if not np.isfinite(data).all():
+        raise ValueError("data contains NaN or infinite values.")
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    return data
+
+
+def _bind(fn, params):
+    return fn if params is None else handlers.substitute(fn, data=params)
+
+
+def _site_log_prob(site, num_particles, num_examples):
+    log_prob = site["fn"].log_prob(site["value"])
+    if jnp.shape(log_prob) != (num_particles, num_examples):
+        raise ValueError(
+            f"site {site['name']!r} has log_prob shape {tuple(jnp.shape(log_prob))}; expected "
+            f"({num_particles}, {num_examples}): importance_log_likelihood needs every sample "
+            "site inside the plate 'data' at dim -1 (one log-density per example)."
+        )
+    return log_prob
+
+
+def _log_weights(rng_key, model, guide, x, num_particles, args, kwargs):
+    """(num_particles, len(x)) log p(x, z) - log q(z | x) for z ~ q, one vectorised pass."""
+
+    def particles(fn):
+        def wrapped(*a, **k):
+            with numpyro.plate(_PARTICLES, num_particles, dim=-2):
+                return fn(*a, **k)
+        return wrapped
+
+    key_guide, key_model = random.split(rng_key)
+    guide_trace = handlers.trace(handlers.seed(particles(guide), key_guide)).get_trace(
+        x, *args, **kwargs)
+    model_trace = handlers.trace(
+        handlers.replay(handlers.seed(particles(model), key_model), trace=guide_trace)
+    ).get_trace(x, *args, **kwargs)
+    log_w = 0.0
+    for site in model_trace.values():
+        if site["type"] == "sample":
+            log_w = log_w + _site_log_prob(site, num_particles, len(x))
+    for site in guide_trace.values():
+        if site["type"] == "sample" and not site["is_observed"]:
+            log_w = log_w - _site_log_prob(site, num_particles, len(x))
+    return log_w
+
+
+def _build_prior_cache(rng_key, model, params, x, args, kwargs):
+    """Run the model once on ``x`` (one example) and return every Prior's distribution,
+    ``{id(prior): distribution}`` (call it jitted: the result is a pytree)."""
+    with _cached_priors() as entries:
+        handlers.trace(handlers.seed(_bind(model, params), rng_key)).get_trace(
+            x, *args, **kwargs)
+    return entries
+
+
+def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batch_size=20000,
+                      params=None, device=None, **kwargs):
+    """Yield ``(rows, log_w)``: a slice of example indices and their ``(n, num_samples)``
+    log importance weights (NumPy), chunk by chunk (the streaming core of the two functions
+    below). Chunk ``i`` uses the key ``fold_in(rng_key, i)``, so results do not depend on
+    how the caller consumes the generator.
+    """
+    _check_key(rng_key)
+    data = _check_args(data, num_samples, batch_size)
+    examples_per_chunk = max(1, batch_size // num_samples)
+    particles_per_chunk = min(num_samples, batch_size)
+    num_pieces = math.ceil(num_samples / particles_per_chunk)
+    key_cache, key_chunks = random.split(rng_key)
+
+    def put(x):
+        return jax.device_put(x, device) if device is not None else jnp.asarray(x)
+
+    cache = jax.jit(
+        lambda p, k, x: _build_prior_cache(k, model, p, x, args, kwargs)
+    )(params, key_cache, put(data[:1]))
+
+    @jax.jit
+    def chunk(p, cache, key, x):
+        m, g = _bind(model, p), _bind(guide, p)
+        with _cached_priors(cache):
+            log_w = lax.map(
+                lambda k: _log_weights(k, m, g, x, particles_per_chunk, args, kwargs),
+                random.split(key, num_pieces),
+            )  # (pieces, P, n)
+        log_w = log_w.reshape(num_pieces * particles_per_chunk, x.shape[0])[:num_samples]
+        return log_w.T  # (n, S)
+
+    pending = None
+    for i, start in enumerate(range(0, len(data), examples_per_chunk)):
+        rows = slice(start, min(start + examples_per_chunk, len(data)))
+        x = data[rows]
+        n = len(x)
+        if n < examples_per_chunk:  # pad the last chunk: one compiled shape for all chunks
+            x = np.concatenate([x, np.repeat(x[-1:], examples_per_chunk - n, axis=0)])
+        out = chunk(params, cache, random.fold_in(key_chunks, i), put(x))
+        # Lag of one chunk: the next chunk is dispatched before this one is copied to host.
+        if pending is not None:
+            yield pending[0], np.asarray(pending[1])[:pending[2]]
+        pending = (rows, out, n)
+    yield pending[0], np.asarray(pending[1])[:pending[2]]
+
+
+def importance_log_weights(rng_key, model, guide, data, *args, num_samples=5000,
+                           batch_size=20000, params=None, device=None, **kwargs):
+    """The ``(N, num_samples)`` matrix of log importance weights
+    ``log p(x_n, z_ns) - log q(z_ns | x_n)`` as a NumPy array (for Pareto k-hat diagnostics).
+
+    Arguments as for :func:`importance_log_likelihood`.
+    """
+    out = np.empty((len(data), num_samples), dtype=np.float64)
+    for rows, log_w in log_weight_chunks(rng_key, model, guide, data, *args,
+                                         num_samples=num_samples, batch_size=batch_size,
+                                         params=params, device=device, **kwargs):
+        out[rows] = log_w
+    return out
+
+
+def importance_log_likelihood(rng_key, model, guide, data, *args, num_samples=5000,
+                              batch_size=20000, params=None, device=None,
+                              return_log_weights=False, **kwargs):
+    """Per-example importance-sampled estimate of log p(x), a NumPy array of shape ``(N,)``.
+
+    Example::
+
+        fitted = fit(random.PRNGKey(0), model, guide, x_train, x_valid)
+        ll = importance_log_likelihood(random.PRNGKey(1), model, guide, x_test,
+                                       num_samples=5000, params=fitted.params)
+        print(ll.mean())  # nats per example
+
+    :param rng_key: ``jax.random.PRNGKey`` for the importance samples.
+    :param model: a NumPyro model ``model(x, *args, **kwargs)`` following the plate convention.
+    :param guide: its guide, same signature.
+    :param data: ``(N, ...)`` array of examples.
+    :param int num_samples: S, importance samples per example (5000 in the paper).
+    :param int batch_size: the most (example, sample) pairs evaluated at once; bounds memory.
+    :param dict params: parameter values by NumPyro param name, substituted into model and
+        guide (e.g. ``FitResult.params``); None to run them as they are.
+    :param device: a ``jax.Device`` to put each chunk of data on (default: JAX's default).
+    :param bool return_log_weights: also return the ``(N, S)`` log-weights.
+    :returns: ``log_px`` ``(N,)`` float64, or ``(log_px, log_weights)``.
+    """
+    if return_log_weights:
+        log_w = importance_log_weights(rng_key, model, guide, data, *args,
+                                       num_samples=num_samples, batch_size=batch_size,
+                                       params=params, device=device, **kwargs)
+        return _logmeanexp_np(log_w), log_w
+    out = np.empty(len(data), dtype=np.float64)
+    for rows, log_w in log_weight_chunks(rng_key, model, guide, data, *args,
+                                         num_samples=num_samples, batch_size=batch_size,
+                                         params=params, device=device, **kwargs):
+        out[rows] = _logmeanexp_np(log_w.astype(np.float64))
+    return out
+
+
+def _logmeanexp_np(log_w):
+    m = log_w.max(axis=1, keepdims=True)
+    return m[:, 0] + np.log(np.mean(np.exp(log_w - m), axis=1))
