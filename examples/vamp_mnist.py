@@ -108,8 +108,11 @@ def parse_args(argv=None):
 
 
 def load_data(args):
-    data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
-                        seed=args.seed)
+    try:
+        data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
+                            seed=args.seed)
+    except (OSError, ValueError) as e:  # missing or malformed files: say what and where
+        raise SystemExit(f"error: {e}") from None
     train, valid, test = data.train, data.valid, data.test
     if args.max_train:
         train = train[:args.max_train]

@@ -1,0 +1,64 @@
+"""Every example script runs end to end (tiny budgets) and writes what its docstring promises.
+
+``test_every_example_is_smoke_tested`` fails when a new script in examples/ has no entry in
+``SMOKE`` below.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# script -> fast flags (the output directory is appended as --out).
+SMOKE = {
+    "vamp_mnist.py": ["--prior", "standard", "mog", "vamp", "vamp-data", "--epochs", "2",
+                      "--max-train", "300", "--max-test", "20", "--eval-samples", "20",
+                      "--num-pseudo", "20", "--hidden", "32", "--warmup", "1",
+                      "--no-progress"],
+}
+
+
+def _run(script, flags, out):
+    cmd = [sys.executable, str(REPO / "examples" / script), *flags, "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_every_example_is_smoke_tested():
+    scripts = {p.name for p in (REPO / "examples").glob("*.py")}
+    assert scripts <= set(SMOKE), f"examples without a smoke test: {scripts - set(SMOKE)}"
+
+
+@pytest.mark.parametrize("backend", ["pyro"])
+def test_vamp_mnist(tmp_path, backend):
+    stdout = _run("vamp_mnist.py", SMOKE["vamp_mnist.py"] + ["--backend", backend], tmp_path)
+    assert "| prior | test ELBO | test log-likelihood" in stdout
+    records = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["prior"] for r in records] == ["standard", "mog", "vamp", "vamp-data"]
+    for r in records:
+        assert r["backend"] == backend and r["dataset"] == "embedded"
+        assert r["epochs"] == 2 and r["num_pseudo"] == 20 and r["eval_samples"] == 20
+        # log p(x) >= ELBO holds in expectation; both finite and negative.
+        assert r["test_log_likelihood"] < 0 and r["test_elbo"] < 0
+        assert r["train_seconds"] > 0
+    for name in ["elbo_curves.png", "samples_vamp.png", "reconstructions_standard.png",
+                 "pseudo_inputs_vamp.png", "pseudo_inputs_vamp-data.png"]:
+        assert (tmp_path / name).stat().st_size > 1000, name
+
+
+def test_vamp_mnist_help_and_bad_flags():
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "vamp_mnist.py"), "--help"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0 and "--num-pseudo" in proc.stdout and "static-mnist" in proc.stdout
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "vamp_mnist.py"),
+                           "--num-pseudo", "0"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 2 and "--num-pseudo must be a positive integer; got 0" in proc.stderr
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "vamp_mnist.py"),
+                           "--dataset", "static-mnist", "--data-dir", "/nonexistent/dir"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode != 0 and "/nonexistent/dir" in proc.stderr
