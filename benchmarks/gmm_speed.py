@@ -34,7 +34,10 @@ seed = 0
 
 
 def make_data(num_samples, num_features, num_components, seed):
-    """Overlapping Gaussian clusters (so EM needs tens of iterations) with random full covariances; (N, D)."""
+    """Overlapping Gaussian clusters with random full covariances; (N, D).
+
+    The overlap makes variational EM iterate (about ten times) after its k-means start.
+    """
     rng = np.random.default_rng(seed)
     centers = rng.normal(scale=1.5, size=(num_components, num_features))
     labels = rng.integers(num_components, size=num_samples)

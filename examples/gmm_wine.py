@@ -114,9 +114,9 @@ def main(argv=None):
     rows, em_models, vb_models = [], {}, {}
     for k in range(1, args.max_components + 1):
         em = GaussianMixture(k, n_init=args.n_init, max_iter=500, random_state=args.seed).fit(X)
-        vb = BayesianGaussianMixture(n_components=k, weight_concentration_prior_type=args.prior_type,
-                                     n_init=args.n_init, max_iter=2000, tol=1e-6,
-                                     random_state=args.seed).fit(X)
+        vb = BayesianGaussianMixture(n_components=k, n_init=args.n_init, max_iter=2000,
+                                     tol=1e-6, random_state=args.seed,
+                                     weight_concentration_prior_type=args.prior_type).fit(X)
         em_models[k], vb_models[k] = em, vb
         rows.append({
             "K": k,

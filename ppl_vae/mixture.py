@@ -296,7 +296,8 @@ class GaussianMixture(_BaseMixture):
 
         >>> import numpy as np
         >>> from ppl_vae.mixture import GaussianMixture
-        >>> X = np.random.default_rng(0).normal(size=(200, 2)) + [[4, 0]] * 100 + [[0, 0]] * 100
+        >>> X = np.random.default_rng(0).normal(size=(200, 2))
+        >>> X[:100, 0] += 4.0  # two clusters
         >>> gm = GaussianMixture(n_components=2, random_state=0).fit(X)
         >>> gm.weights_.shape, gm.means_.shape, gm.covariances_.shape
         ((2,), (2, 2), (2, 2, 2))
@@ -467,7 +468,8 @@ class BayesianGaussianMixture(_BaseMixture):
 
         >>> import numpy as np
         >>> from ppl_vae.mixture import BayesianGaussianMixture
-        >>> X = np.random.default_rng(0).normal(size=(200, 2)) + [[4, 0]] * 100 + [[0, 0]] * 100
+        >>> X = np.random.default_rng(0).normal(size=(200, 2))
+        >>> X[:100, 0] += 4.0  # two clusters
         >>> bgm = BayesianGaussianMixture(
         ...     n_components=2, weight_concentration_prior_type="dirichlet_distribution",
         ...     random_state=0).fit(X)
