@@ -174,6 +174,32 @@ def _unflatten(treedef, leaves, what, path):
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in leaves])
 
 
+def _epoch_fn(svi, num_train, batch_size):
+    """Jitted ``(svi_state, key, beta, data) -> (svi_state, summed loss)``: one epoch of
+    minibatch ``svi.update`` steps over a permutation drawn from ``key``, inside the device
+    (``lax.fori_loop``; the last, smaller minibatch has its own static shape)."""
+    num_full, rem = divmod(num_train, batch_size)
+
+    def run_epoch(svi_state, key, beta, data):
+        perm = random.permutation(key, num_train)
+
+        def step(i, carry):
+            svi_state, total = carry
+            x = data[lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)]
+            svi_state, loss = svi.update(svi_state, x, beta)
+            return svi_state, total + loss
+
+        carry = (svi_state, jnp.zeros((), data.dtype))
+        svi_state, total = lax.fori_loop(0, num_full, step, carry)
+        if rem:
+            svi_state, loss = svi.update(svi_state, data[perm[num_full * batch_size:]], beta)
+            total = total + loss
+        return svi_state, total
+
+    # Donating the state lets XLA update parameters and Adam moments in place.
+    return jax.jit(run_epoch, donate_argnums=0)
+
+
 def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size=100,
         learning_rate=5e-4, elbo=None, warmup_epochs=0, early_stopping=None,
         checkpoint_dir=None, resume=False, device=None, progress=True, description="train"):
@@ -240,6 +266,9 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     svi = SVI(model, guide, optax_to_numpyro(optax.adam(learning_rate)), elbo)
     # One trace registers every parameter (networks, pseudo-inputs, ...).
     svi_state = svi.init(key_init, train_data[:batch_size], jnp.asarray(1.0))
+    # The initial parameters are the networks' own arrays (eqx_module's init values): copy
+    # them, since the epoch donates the state's buffers.
+    svi_state = jax.tree_util.tree_map(jnp.copy, svi_state)
     get_params = jax.jit(svi.get_params)
     state_def = jax.tree_util.tree_structure(svi_state)
     params_def = jax.tree_util.tree_structure(get_params(svi_state))
@@ -254,26 +283,8 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         history, start_epoch, best = state["history"], state["epoch"] + 1, state["best"]
 
     num_train = len(train_data)
-    num_full, rem = divmod(num_train, batch_size)
 
-    def run_epoch(svi_state, key, beta, data):
-        perm = random.permutation(key, num_train)
-
-        def step(i, carry):
-            svi_state, total = carry
-            x = data[lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)]
-            svi_state, loss = svi.update(svi_state, x, beta)
-            return svi_state, total + loss
-
-        carry = (svi_state, jnp.zeros((), data.dtype))
-        svi_state, total = lax.fori_loop(0, num_full, step, carry)
-        if rem:  # the last, smaller minibatch (static shape)
-            svi_state, loss = svi.update(svi_state, data[perm[num_full * batch_size:]], beta)
-            total = total + loss
-        return svi_state, total
-
-    # Donating the state lets XLA update the parameters and Adam moments in place.
-    epoch_fn = jax.jit(run_epoch, donate_argnums=0 if jax.default_backend() != "cpu" else ())
+    epoch_fn = _epoch_fn(svi, num_train, batch_size)
     valid_fn = (_elbo_sum_fn(model, guide, elbo, 1000, len(valid_data))
                 if valid_data is not None else None)
 
