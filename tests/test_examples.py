@@ -19,6 +19,7 @@ SMOKE = {
                       "--max-train", "300", "--max-test", "20", "--eval-samples", "20",
                       "--num-pseudo", "20", "--hidden", "32", "--warmup", "1",
                       "--no-progress"],
+    "gmm_wine.py": ["--max-components", "3", "--n-init", "1", "--num-posterior-samples", "200"],
 }
 
 
@@ -62,3 +63,16 @@ def test_vamp_mnist_help_and_bad_flags():
                            "--dataset", "static-mnist", "--data-dir", "/nonexistent/dir"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode != 0 and "/nonexistent/dir" in proc.stderr
+
+
+def test_gmm_wine(tmp_path):
+    stdout = _run("gmm_wine.py", SMOKE["gmm_wine.py"], tmp_path)
+    assert "| K | log-lik | AIC | BIC | full ELBO | ARI (EM) | ARI (VB) |" in stdout
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [r["K"] for r in metrics["table"]] == [1, 2, 3]
+    for name in ["model_selection.png", "contours.png", "responsibilities.png",
+                 "membership_intervals.png"]:
+        assert (tmp_path / name).stat().st_size > 1000, name
+    proc = subprocess.run([sys.executable, str(REPO / "examples" / "gmm_wine.py"), "--help"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0 and "--max-components" in proc.stdout and "ELBO" in proc.stdout

@@ -1,0 +1,252 @@
+"""Training-step speed of the VampPrior VAE: ppl_vae against hand-written steps and the FLOP floor.
+
+Run (about 3 minutes on a 2-core CPU)::
+
+    python benchmarks/throughput.py --json throughput.json
+
+Network: the paper's (784-300-300-40 gated MLPs, batch 100, K = 500 pseudo-inputs, Bernoulli
+likelihood, Adam 5e-4). Contenders, measured in one run, interleaved round by round, median
+over rounds of the mean step time of ``--steps`` consecutive steps:
+
+- ``pyro_trace`` / ``pyro_meanfield``: ppl_vae's Pyro path, exactly ``ppl_vae.pyro.fit``'s inner
+  step (``elbo.differentiable_loss`` of ``models.vae_pyro`` / ``guides.vae_pyro``, backward,
+  Adam) with ``Trace_ELBO`` / ``TraceMeanField_ELBO``;
+- ``torch_matmul``: a hand-written PyTorch step of the same network, mixture log-density as
+  matrix products (written the same way as ppl_vae);
+- ``torch_broadcast``: a plain hand-written PyTorch step, mixture log-density by broadcasting
+  to ``(B, K, L)`` (the usual way);
+- ``numpyro`` / ``jax_matmul``: ppl_vae's NumPyro path (one jitted epoch, step = epoch / steps)
+  and a hand-written jitted JAX + optax step (from ``benchmarks/numpyro_step.py``), when JAX is
+  installed.
+
+Also: the machine's float32 GEMM rate, the step's FLOP count and floor, the standard-prior VAE
+the same way, and the Pyro step time for K in {50, 100, 500, 1000, 2000}.
+"""
+
+import argparse
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pyro  # noqa: E402
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
+
+import ppl_vae.pyro as pv  # noqa: E402
+from guides.vae_pyro import vae_guide  # noqa: E402
+from models.vae_pyro import vae_model  # noqa: E402
+from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob  # noqa: E402
+
+# ---- settings -----------------------------------------------------------------------------
+BATCH, K, LATENT, HIDDEN, INPUT, LR = 100, 500, 40, 300, 784, 5e-4
+K_SWEEP = [50, 100, 500, 1000, 2000]
+
+
+def load_data(n=4000):
+    from ppl_vae.data import load_embedded_mnist
+
+    return torch.as_tensor(load_embedded_mnist().train[:n])
+
+
+# ---- FLOPs and the GEMM rate ----------------------------------------------------------------
+def step_flops(num_pseudo=K, batch=BATCH, prior="vamp"):
+    """Multiply-adds x 2 of the step's matrix products; backward = 2x forward."""
+    def mlp(rows, dims_in, dims_out):
+        return sum(2 * rows * i * o for i, o in zip(dims_in, dims_out))
+    enc_rows = batch + (num_pseudo if prior == "vamp" else 0)
+    enc = mlp(enc_rows, [INPUT, HIDDEN, HIDDEN], [2 * HIDDEN, 2 * HIDDEN, 2 * LATENT])
+    dec = mlp(batch, [LATENT, HIDDEN, HIDDEN], [2 * HIDDEN, 2 * HIDDEN, INPUT])
+    mix = 2 * batch * 2 * LATENT * num_pseudo if prior == "vamp" else 0
+    return 3 * (enc + dec + mix)
+
+
+def gemm_rate(seconds=2.0):
+    """float32 GFLOP/s of torch.mm on shapes like the step's (600 x 784 x 600)."""
+    a, b = torch.randn(600, 784), torch.randn(784, 600)
+    for _ in range(5):
+        a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return 2 * 600 * 784 * 600 * n / (time.perf_counter() - t0) / 1e9
+
+
+# ---- contenders: each returns a function running `steps` training steps --------------------
+def _batches(data, steps, gen):
+    idx = torch.randint(len(data), (steps, BATCH), generator=gen)
+    return [data[i] for i in idx]
+
+
+def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K):
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    enc, dec = pv.Encoder(INPUT, LATENT, (HIDDEN, HIDDEN)), pv.Decoder(LATENT, INPUT, (HIDDEN, HIDDEN))
+    prior = pv.LearnedVampPrior(enc, num_pseudo) if prior_kind == "vamp" else pv.StandardNormalPrior(LATENT)
+    model, guide = partial(vae_model, decoder=dec, prior=prior), partial(vae_guide, encoder=enc)
+    elbo = elbo_cls()
+    beta = torch.tensor(1.0)
+    with pyro.poutine.trace(param_only=True) as capture:
+        elbo.differentiable_loss(model, guide, data[:2], beta)
+    params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
+    opt = torch.optim.Adam(params, lr=LR)
+    gen = torch.Generator().manual_seed(0)
+    state = pyro.get_param_store().get_state()
+
+    def run(steps):
+        # The param store is global and every contender uses the same names: re-install
+        # this contender's own parameters (the same tensors its optimizer holds).
+        pyro.get_param_store().clear()
+        pyro.get_param_store().set_state(state)
+        for x in _batches(data, steps, gen):
+            loss = elbo.differentiable_loss(model, guide, x, beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return run
+
+
+def _broadcast_mixture_log_prob(z, loc, scale):
+    comp = torch.distributions.Normal(loc, scale).log_prob(z[:, None, :]).sum(-1)  # (B, K)
+    return torch.logsumexp(comp, -1) - math.log(loc.shape[0])
+
+
+def torch_runner(data, mixture="matmul", prior_kind="vamp", num_pseudo=K):
+    torch.manual_seed(0)
+    enc, dec = pv.Encoder(INPUT, LATENT, (HIDDEN, HIDDEN)), pv.Decoder(LATENT, INPUT, (HIDDEN, HIDDEN))
+    pseudo = torch.nn.Parameter(0.05 + 0.01 * torch.randn(num_pseudo, INPUT))
+    params = list(enc.parameters()) + list(dec.parameters())
+    if prior_kind == "vamp":
+        params.append(pseudo)
+    opt = torch.optim.Adam(params, lr=LR)
+    gen = torch.Generator().manual_seed(0)
+    log_mix = (diag_normal_mixture_log_prob if mixture == "matmul" else None)
+
+    def loss_fn(x):
+        loc, scale = enc(x)
+        z = loc + scale * torch.randn_like(loc)
+        log_q = torch.distributions.Normal(loc, scale).log_prob(z).sum(-1)
+        if prior_kind == "vamp":
+            p_loc, p_scale = enc(torch.nn.functional.hardtanh(pseudo, 0.0, 1.0))
+            if log_mix is not None:
+                log_p = log_mix(z, p_loc, p_scale) - math.log(num_pseudo)
+            else:
+                log_p = _broadcast_mixture_log_prob(z, p_loc, p_scale)
+        else:
+            log_p = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+        log_lik = -torch.nn.functional.binary_cross_entropy_with_logits(
+            dec(z), x, reduction="none").sum(-1)
+        return -(log_lik + log_p - log_q).sum()
+
+    def run(steps):
+        for x in _batches(data, steps, gen):
+            loss = loss_fn(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return run
+
+
+def jax_runners(data_np):
+    """ppl_vae NumPyro and hand-written JAX runners, or {} without JAX."""
+    try:
+        import jax  # noqa: F401
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import numpyro_step
+    except ImportError:
+        return {}
+    runners = getattr(numpyro_step, "step_runners", None)
+    return runners(data_np) if runners else {}
+
+
+# ---- measurement -----------------------------------------------------------------------------
+def measure(runners, steps, rounds):
+    """Median over rounds of seconds per step; contenders interleaved within each round."""
+    for run in runners.values():  # warm-up (and JIT compilation)
+        run(steps)
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(steps)
+            times[name].append((time.perf_counter() - t0) / steps)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median taken)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--no-sweep", action="store_true", help="skip the K sweep")
+    p.add_argument("--json", default=None, help="write the figures to this JSON file")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = load_data()
+    rate = gemm_rate()
+    flops = step_flops()
+    print(f"machine: {platform.processor() or platform.machine()}, torch threads "
+          f"{torch.get_num_threads()}, float32 GEMM {rate:.0f} GFLOP/s")
+    print(f"VampPrior step: {flops / 1e9:.2f} GFLOP -> floor {flops / rate / 1e6:.1f} ms")
+
+    vamp = {
+        "pyro_trace": pyro_runner(data, Trace_ELBO),
+        "pyro_meanfield": pyro_runner(data, TraceMeanField_ELBO),
+        "torch_matmul": torch_runner(data, "matmul"),
+        "torch_broadcast": torch_runner(data, "broadcast"),
+    }
+    vamp.update(jax_runners(data.numpy()))
+    vamp_ms = {k: 1e3 * v for k, v in measure(vamp, args.steps, args.rounds).items()}
+    std = {
+        "pyro_trace": pyro_runner(data, Trace_ELBO, "standard"),
+        "pyro_meanfield": pyro_runner(data, TraceMeanField_ELBO, "standard"),
+        "torch": torch_runner(data, prior_kind="standard"),
+    }
+    std_ms = {k: 1e3 * v for k, v in measure(std, args.steps, args.rounds).items()}
+
+    floor_ms = flops / rate / 1e6
+    print("\nVampPrior VAE (K = 500), ms per step (median):")
+    print("| implementation | ms/step | vs torch_broadcast | vs FLOP floor |")
+    print("|---|---|---|---|")
+    for name, ms in sorted(vamp_ms.items(), key=lambda kv: kv[1]):
+        print(f"| {name} | {ms:.1f} | {ms / vamp_ms['torch_broadcast']:.2f} | {ms / floor_ms:.2f} |")
+    print("\nStandard-prior VAE, ms per step (median):")
+    for name, ms in std_ms.items():
+        print(f"| {name} | {ms:.1f} |")
+    result = {
+        "gemm_gflops": rate, "step_gflop": flops / 1e9, "flop_floor_ms": floor_ms,
+        "vamp_ms": vamp_ms, "standard_ms": std_ms,
+        "pyro_over_torch": vamp_ms["pyro_trace"] / vamp_ms["torch_matmul"],
+        "pyro_meanfield_over_torch": vamp_ms["pyro_meanfield"] / vamp_ms["torch_matmul"],
+        "fastest_over_torch_broadcast": min(vamp_ms.values()) / vamp_ms["torch_broadcast"],
+    }
+    if "numpyro" in vamp_ms:
+        result["numpyro_over_jax"] = vamp_ms["numpyro"] / vamp_ms["jax_matmul"]
+        result["numpyro_over_pyro"] = vamp_ms["numpyro"] / vamp_ms["pyro_trace"]
+    print("\nratios: " + ", ".join(f"{k} {v:.2f}" for k, v in result.items() if "_over_" in k))
+
+    if not args.no_sweep:
+        sweep = {f"pyro_K{k}": pyro_runner(data, Trace_ELBO, "vamp", k) for k in K_SWEEP}
+        sweep_ms = {k: 1e3 * v for k, v in measure(sweep, args.steps, max(3, args.rounds // 2)).items()}
+        result["k_sweep_ms"] = {k: sweep_ms[f"pyro_K{k}"] for k in K_SWEEP}
+        print("\nPyro step vs K: " + ", ".join(
+            f"K={k}: {result['k_sweep_ms'][k]:.1f} ms" for k in K_SWEEP))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
