@@ -17,7 +17,11 @@ from ppl_vae.numpyro.priors import (
     vamp_data_prior,
 )
 from ppl_vae.numpyro.nets import MLP, Decoder, Encoder, GatedDense
-from ppl_vae.numpyro.evaluation import importance_log_likelihood, importance_log_weights
+from ppl_vae.numpyro.evaluation import (
+    importance_log_likelihood,
+    importance_log_weights,
+    log_weight_chunks,
+)
 from ppl_vae.numpyro.training import (
     FitResult,
     TrainingDivergedError,
@@ -44,6 +48,7 @@ __all__ = [
     "Decoder",
     "importance_log_likelihood",
     "importance_log_weights",
+    "log_weight_chunks",
     "fit",
     "FitResult",
     "TrainingDivergedError",

@@ -220,7 +220,8 @@ class LearnedVampPrior(Prior):
             )
         self.encoder = encoder
         self.latent_dim = getattr(encoder, "latent_dim", None)
-        self.pseudo_inputs = PseudoInputs(jnp.asarray(init, dtype=jnp.float32))
+        # float32, or float64 under jax_enable_x64 (as the networks).
+        self.pseudo_inputs = PseudoInputs(jnp.asarray(init, dtype=jnp.result_type(float)))
 
     @property
     def num_pseudo(self):

@@ -265,7 +265,7 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
 
     svi = SVI(model, guide, optax_to_numpyro(optax.adam(learning_rate)), elbo)
     # One trace registers every parameter (networks, pseudo-inputs, ...).
-    svi_state = svi.init(key_init, train_data[:batch_size], jnp.asarray(1.0))
+    svi_state = jax.jit(svi.init)(key_init, train_data[:batch_size], jnp.asarray(1.0))
     # The initial parameters are the networks' own arrays (eqx_module's init values): copy
     # them, since the epoch donates the state's buffers.
     svi_state = jax.tree_util.tree_map(jnp.copy, svi_state)
