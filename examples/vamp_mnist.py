@@ -26,7 +26,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and guides/
 
 from ppl_vae.data import check_binary, load_dataset  # noqa: E402
-from ppl_vae.plotting import save_elbo_curves, save_image_grid  # noqa: E402
+from ppl_vae.plotting import save_elbo_curves, save_image_grid, save_latent_figure  # noqa: E402
+
+try:  # Pareto k-hat needs ArviZ (the "diagnostics" extra)
+    from ppl_vae.diagnostics import psis_khat  # noqa: E402
+except ImportError:
+    psis_khat = None
 
 # -----------------------------------------------------------------------------------------
 # Defaults. Per-dataset presets fill every flag left unset; "static-mnist" is the paper's
@@ -91,6 +96,9 @@ def parse_args(argv=None):
     p.add_argument("--out", default=DEFAULTS["out"], help="output directory")
     p.add_argument("--resume", action="store_true",
                    help="continue each prior's run from its last checkpoint in --out")
+    p.add_argument("--latent-gmm", type=int, default=0, metavar="K",
+                   help="fit a K-component Bayesian GMM (variational EM) to the latent means "
+                        "and compare its clusters with the digit labels (0: off)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
     args = p.parse_args(argv)
@@ -100,7 +108,7 @@ def parse_args(argv=None):
     for key in ("epochs", "num_pseudo", "latent_dim", "eval_samples", "batch_size"):
         if getattr(args, key) <= 0:
             p.error(f"--{key.replace('_', '-')} must be a positive integer; got {getattr(args, key)}")
-    for key in ("warmup", "early_stopping", "max_train", "max_test"):
+    for key in ("warmup", "early_stopping", "max_train", "max_test", "latent_gmm"):
         value = getattr(args, key)
         if value is not None and value < 0:
             p.error(f"--{key.replace('_', '-')} must be >= 0; got {value}")
@@ -122,6 +130,18 @@ def load_data(args):
         for name, x in (("train", train), ("valid", valid), ("test", test)):
             check_binary(x, f"{args.dataset} {name} data")
     return data, train, valid, test
+
+
+def summarise_log_weights(chunks):
+    """Stream (rows, (n, S) log-weights) chunks into per-image log p(x) and Pareto k-hat."""
+    from scipy.special import logsumexp
+
+    log_px, khat = [], []
+    for _, log_w in chunks:
+        log_w = np.asarray(log_w, dtype=np.float64)
+        log_px.append(logsumexp(log_w, axis=1) - np.log(log_w.shape[1]))
+        khat.append(psis_khat(log_w) if psis_khat is not None else np.full(len(log_w), np.nan))
+    return np.concatenate(log_px), np.concatenate(khat)
 
 
 # ----------------------------------------------------------------------------- Pyro backend
@@ -171,23 +191,54 @@ def run_pyro(prior_name, train, valid, test, args, out):
     x_test = torch.as_tensor(test, device=device)
     t0 = time.perf_counter()
     test_elbo = pv.elbo_per_example(model, guide, x_test)
-    log_px = pv.importance_log_likelihood(model, guide, x_test, num_samples=args.eval_samples)
+    chunks = pv.log_weight_chunks(model, guide, x_test, num_samples=args.eval_samples)
+    log_px, khat = summarise_log_weights((rows, log_w.cpu().numpy()) for rows, log_w in chunks)
     eval_seconds = time.perf_counter() - t0
 
-    with torch.no_grad(), pv.prior_cache():  # figures
-        z = prior().sample((100,))
-        samples = _mean_image(likelihood(decoder(z)))
-        loc, _ = encoder(x_test[:10])
-        recon = _mean_image(likelihood(decoder(loc)))
+    with torch.no_grad(), pv.prior_cache():  # figures and latent codes
+        p_z = prior()
+        samples = _mean_image(likelihood(decoder(p_z.sample((100,)))))
+        recon = _mean_image(likelihood(decoder(encoder(x_test[:10])[0])))
         pseudo = prior.pseudo_inputs() if hasattr(prior, "pseudo_inputs") else None
-    figures = dict(samples=samples.cpu().numpy(), reconstructions=recon.cpu().numpy(),
-                   pseudo_inputs=None if pseudo is None else pseudo[:100].cpu().numpy())
-    return result, test_elbo, log_px, train_seconds, eval_seconds, figures
+        train_codes = encoder(torch.as_tensor(train, device=device))[0]
+        test_codes = encoder(x_test)[0]
+        prior_locs = getattr(p_z, "component_loc", None)
+        if prior_locs is None and hasattr(p_z, "component_distribution"):
+            prior_locs = p_z.component_distribution.base_dist.loc
+    numpy = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
+    return dict(
+        history=result.history, best_epoch=result.best_epoch,
+        best_valid_elbo=result.best_valid_elbo, stopped_early=result.stopped_early,
+        test_elbo=test_elbo, log_px=log_px, khat=khat, train_seconds=train_seconds,
+        eval_seconds=eval_seconds, samples=numpy(samples), reconstructions=numpy(recon),
+        pseudo_inputs=None if pseudo is None else numpy(pseudo[:100]),
+        train_codes=numpy(train_codes), test_codes=numpy(test_codes),
+        prior_locs=numpy(prior_locs),
+    )
 
 
 def _mean_image(d):
     base = d.base_dist
     return base.probs if hasattr(base, "probs") else base.loc
+
+
+def latent_gmm(prior_name, r, data, args, out):
+    """Bayesian GMM (variational EM) on the training images' latent means; clusters of the
+    test images against their digit labels, beside the prior's own mixture components."""
+    from sklearn.metrics import adjusted_rand_score
+
+    from ppl_vae.mixture import BayesianGaussianMixture
+
+    gmm = BayesianGaussianMixture(
+        n_components=args.latent_gmm, weight_concentration_prior_type="dirichlet_distribution",
+        max_iter=300, random_state=args.seed).fit(r["train_codes"])
+    clusters = gmm.predict(r["test_codes"])
+    labels = data.test_labels[:len(clusters)] if data.test_labels is not None else None
+    ari = None if labels is None else float(adjusted_rand_score(labels, clusters))
+    save_latent_figure(out / f"latent_gmm_{prior_name}.png", r["test_codes"], clusters, labels,
+                       r["prior_locs"], gmm.means_, title=f"{prior_name} prior: latent means")
+    return dict(latent_gmm_ari=ari, latent_gmm_elbo=float(gmm.lower_bound_),
+                latent_gmm_components=int(np.sum(gmm.weights_ > 1e-2)))
 
 
 BACKENDS = {"pyro": run_pyro}
@@ -207,30 +258,34 @@ def main(argv=None):
 
     records, histories = [], {}
     for prior_name in args.prior:
-        result, test_elbo, log_px, train_s, eval_s, figures = run(
-            prior_name, train, valid, test, args, out)
-        histories[prior_name] = result.history
-        records.append(dict(
+        r = run(prior_name, train, valid, test, args, out)
+        histories[prior_name] = r["history"]
+        log_px, khat = r["log_px"], r["khat"]
+        record = dict(
             prior=prior_name, backend=args.backend, dataset=args.dataset,
-            epochs=len(result.history), best_epoch=result.best_epoch,
-            stopped_early=result.stopped_early, num_pseudo=args.num_pseudo,
+            epochs=len(r["history"]), best_epoch=r["best_epoch"],
+            stopped_early=r["stopped_early"], num_pseudo=args.num_pseudo,
             latent_dim=args.latent_dim, hidden=args.hidden, gated=args.gated, elbo=args.elbo,
             warmup=args.warmup, num_train=len(train), num_test=len(test),
-            best_valid_elbo=result.best_valid_elbo, test_elbo=test_elbo,
+            best_valid_elbo=r["best_valid_elbo"], test_elbo=r["test_elbo"],
             test_log_likelihood=float(np.mean(log_px)),
             test_log_likelihood_sem=float(np.std(log_px, ddof=1) / np.sqrt(len(log_px))),
-            eval_samples=args.eval_samples, train_seconds=train_s, eval_seconds=eval_s,
-            seed=args.seed, device=args.device,
-        ))
+            khat_above_0_7=float(np.mean(khat > 0.7)) if np.isfinite(khat).all() else None,
+            eval_samples=args.eval_samples, train_seconds=r["train_seconds"],
+            eval_seconds=r["eval_seconds"], seed=args.seed, device=args.device,
+        )
         shape = data.image_shape
-        save_image_grid(out / f"samples_{prior_name}.png", figures["samples"],
+        save_image_grid(out / f"samples_{prior_name}.png", r["samples"],
                         f"{prior_name} prior: p(x|z) means, z ~ p(z)", shape)
         save_image_grid(out / f"reconstructions_{prior_name}.png",
-                        np.concatenate([test[:10], figures["reconstructions"]]),
+                        np.concatenate([test[:10], r["reconstructions"]]),
                         f"{prior_name}: test images (top) and reconstructions", shape)
-        if figures["pseudo_inputs"] is not None:
-            save_image_grid(out / f"pseudo_inputs_{prior_name}.png", figures["pseudo_inputs"],
+        if r["pseudo_inputs"] is not None:
+            save_image_grid(out / f"pseudo_inputs_{prior_name}.png", r["pseudo_inputs"],
                             f"{prior_name}: learned pseudo-inputs", shape)
+        if args.latent_gmm:
+            record.update(latent_gmm(prior_name, r, data, args, out))
+        records.append(record)
         with open(out / "metrics.json", "w") as f:  # rewritten after each prior: nothing lost
             json.dump(records, f, indent=2)
     save_elbo_curves(out / "elbo_curves.png", histories,
@@ -238,12 +293,19 @@ def main(argv=None):
 
     print()
     print(f"| prior | test ELBO | test log-likelihood ({args.eval_samples} IS) "
-          f"| epochs | train s | eval s |")
-    print("|---|---|---|---|---|---|")
+          f"| k-hat > 0.7 | epochs | train s | eval s |")
+    print("|---|---|---|---|---|---|---|")
     for r in records:
+        share = "n/a" if r["khat_above_0_7"] is None else f"{100 * r['khat_above_0_7']:.1f}%"
         print(f"| {r['prior']} | {r['test_elbo']:.2f} | {r['test_log_likelihood']:.2f} "
-              f"± {r['test_log_likelihood_sem']:.2f} | {r['epochs']} | "
+              f"± {r['test_log_likelihood_sem']:.2f} | {share} | {r['epochs']} | "
               f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+    if args.latent_gmm:
+        print("\nBayesian GMM on the latent means (K = %d):" % args.latent_gmm)
+        for r in records:
+            ari = r.get("latent_gmm_ari")
+            print(f"  {r['prior']}: {r['latent_gmm_components']} components used"
+                  + ("" if ari is None else f", adjusted Rand index vs digit labels {ari:.3f}"))
     print(f"\nwrote {out / 'metrics.json'} and figures to {out}/")
     return records
 

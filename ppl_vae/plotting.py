@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-__all__ = ["image_grid", "save_image_grid", "save_elbo_curves"]
+__all__ = ["image_grid", "save_image_grid", "save_elbo_curves", "save_latent_figure"]
 
 
 def _pyplot():
@@ -70,6 +70,40 @@ def save_elbo_curves(path, histories, title="Training curves"):
             finals = np.concatenate([np.asarray(y)[len(y) // 5:] for y in lo])
             if finals.size:
                 ax.set_ylim(finals.min() - 5, finals.max() + 5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_latent_figure(path, codes, clusters, labels=None, prior_locs=None, cluster_means=None,
+                       title="latent means"):
+    """Latent means ``codes`` (N, L) projected on their first two principal axes: coloured by
+    digit label (left, when ``labels`` are known) and by mixture cluster (right), with the
+    prior's components (``prior_locs`` (K, L), e.g. the VampPrior's encoded pseudo-inputs)
+    and the fitted clusters' means (``cluster_means``) in the same projection."""
+    plt = _pyplot()
+    codes = np.asarray(codes, dtype=np.float64)
+    centre = codes.mean(0)
+    _, _, vt = np.linalg.svd(codes - centre, full_matrices=False)
+    project = lambda a: (np.asarray(a, dtype=np.float64) - centre) @ vt[:2].T  # noqa: E731
+    xy = project(codes)
+    panels = ([("digit label", labels)] if labels is not None else []) + [("GMM cluster", clusters)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.6), squeeze=False)
+    for ax, (name, colour) in zip(axes[0], panels):
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, cmap="tab10", s=6, alpha=0.7)
+        if prior_locs is not None:
+            pl = project(prior_locs)
+            ax.scatter(pl[:, 0], pl[:, 1], marker="x", c="k", s=12, linewidths=0.7,
+                       alpha=0.5, label="prior components")
+        if cluster_means is not None and name == "GMM cluster":
+            cm = project(cluster_means)
+            ax.scatter(cm[:, 0], cm[:, 1], marker="*", c="red", s=120, edgecolors="k",
+                       label="GMM means")
+        ax.set(title=f"coloured by {name}", xlabel="PC 1", ylabel="PC 2")
+        fig.colorbar(sc, ax=ax, fraction=0.046)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -18,7 +18,7 @@ SMOKE = {
     "vamp_mnist.py": ["--prior", "standard", "mog", "vamp", "vamp-data", "--epochs", "2",
                       "--max-train", "300", "--max-test", "20", "--eval-samples", "20",
                       "--num-pseudo", "20", "--hidden", "32", "--warmup", "1",
-                      "--no-progress"],
+                      "--latent-gmm", "5", "--no-progress"],
     "gmm_wine.py": ["--max-components", "3", "--n-init", "1", "--num-posterior-samples", "200"],
 }
 
@@ -47,8 +47,9 @@ def test_vamp_mnist(tmp_path, backend):
         # log p(x) >= ELBO holds in expectation; both finite and negative.
         assert r["test_log_likelihood"] < 0 and r["test_elbo"] < 0
         assert r["train_seconds"] > 0
+        assert -1 <= r["latent_gmm_ari"] <= 1 and 1 <= r["latent_gmm_components"] <= 5
     for name in ["elbo_curves.png", "samples_vamp.png", "reconstructions_standard.png",
-                 "pseudo_inputs_vamp.png", "pseudo_inputs_vamp-data.png"]:
+                 "pseudo_inputs_vamp.png", "pseudo_inputs_vamp-data.png", "latent_gmm_vamp.png"]:
         assert (tmp_path / name).stat().st_size > 1000, name
 
 

@@ -14,7 +14,8 @@ from ppl_vae.pyro.priors import (
     vamp_data_prior,
 )
 from ppl_vae.pyro.nets import MLP, Decoder, Encoder, GatedDense
-from ppl_vae.pyro.evaluation import importance_log_likelihood, importance_log_weights
+from ppl_vae.pyro.evaluation import (importance_log_likelihood, importance_log_weights,
+                                     log_weight_chunks)
 from ppl_vae.pyro.training import FitResult, TrainingDivergedError, elbo_per_example, fit, warmup_beta
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "Decoder",
     "importance_log_likelihood",
     "importance_log_weights",
+    "log_weight_chunks",
     "fit",
     "FitResult",
     "TrainingDivergedError",
