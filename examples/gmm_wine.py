@@ -14,16 +14,23 @@ measures malic acid and total phenols for 178 bottles and fits Gaussian mixtures
 3. the E-step for K = 2: each bottle's responsibility p(component | bottle);
 4. "this bottle is 0.6 cultivar A -- how sure?": 90% credible intervals of the membership
    probabilities from posterior draws, for a few bottles;
-5. the adjusted Rand index of each clustering against the true cultivar labels (3 cultivars).
+5. the adjusted Rand index of each clustering against the true cultivar labels (3 cultivars);
+6. ArviZ diagnostics (``ppl_vae.diagnostics``): each variational posterior as InferenceData,
+   PSIS-LOO compared across K (``az.compare``) next to AIC, BIC and the full ELBO, the
+   pointwise LOO k-hats and the k-hat of the variational posterior itself (Yao et al. 2018).
 
-It prints a table and writes to ``--out``: ``metrics.json``, ``model_selection.png``
+It prints tables and writes to ``--out``: ``metrics.json``, ``model_selection.png``
 (AIC/BIC and ELBO against K), ``contours.png`` (K = 2 components over the bottles),
-``responsibilities.png`` (the E-step) and ``membership_intervals.png``.
+``responsibilities.png`` (the E-step), ``membership_intervals.png``,
+``inference_data.nc`` (groups posterior, log_likelihood, sample_stats, observed_data for
+the K chosen by LOO), ``loo_compare.png`` (``az.plot_compare``) and ``forest.png``
+(``az.plot_forest`` of that K's weights and means).
 """
 
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -36,6 +43,7 @@ from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ppl_vae import diagnostics  # noqa: E402
 from ppl_vae.mixture import BayesianGaussianMixture, GaussianMixture  # noqa: E402
 
 # -----------------------------------------------------------------------------------------
@@ -47,7 +55,7 @@ DEFAULTS = dict(
     story_components=2,  # the seed's two-cultivar hypothesis
     n_init=5,  # EM restarts (k-means starts), the best likelihood is kept
     prior_type="dirichlet_distribution",  # a plain Dirichlet: the ELBO compares K fairly
-    num_posterior_samples=2000,  # draws for the membership credible intervals
+    num_posterior_samples=2000,  # draws for the membership intervals, LOO and k-hats
     credible_mass=0.9,
     num_bottles=5,  # bottles shown with their membership intervals
 )
@@ -70,7 +78,7 @@ def parse_args(argv=None):
                    help="weight prior of the Bayesian mixture")
     p.add_argument("--num-posterior-samples", type=int,
                    default=DEFAULTS["num_posterior_samples"],
-                   help="posterior draws for the membership intervals")
+                   help="posterior draws for the membership intervals, PSIS-LOO and k-hats")
     args = p.parse_args(argv)
     if args.max_components < DEFAULTS["story_components"]:
         p.error(f"--max-components must be at least {DEFAULTS['story_components']}; "
@@ -140,6 +148,43 @@ def main(argv=None):
         print(f"| {r['K']} | {r['log_likelihood']:.1f} | {r['aic']:.1f} | {r['bic']:.1f} | "
               f"{r['elbo']:.1f} | {r['ari_em']:.3f} | {r['ari_vb']:.3f} |")
     print(f"\nbest K: AIC {best['aic']}, BIC {best['bic']}, ELBO {best['elbo']}")
+
+    # 6. ArviZ: PSIS-LOO across K, pointwise and variational k-hats -------------------------
+    idatas = {}
+    for r in rows:
+        k = r["K"]
+        idatas[k] = diagnostics.gmm_inference_data(
+            vb_models[k], X, num_samples=args.num_posterior_samples, random_state=args.seed,
+            feature_names=FEATURES)
+        loo = diagnostics.loo(idatas[k])
+        r["loo_max_khat"] = float(np.max(loo["pareto_k"]))  # over the 178 bottles
+        # independent draws for q's own k-hat, so it is not tied to the LOO draws
+        r["variational_khat"] = diagnostics.variational_khat(
+            vb_models[k], X, num_samples=args.num_posterior_samples,
+            random_state=args.seed + 1)
+    table = diagnostics.compare(idatas)  # best first, indexed by K
+    for r in rows:
+        c = table.loc[r["K"]]
+        r.update(elpd_loo=float(c["elpd_loo"]), loo_se=float(c["se"]),
+                 p_loo=float(c["p_loo"]), elpd_diff=float(c["elpd_diff"]),
+                 loo_dse=float(c["dse"]), loo_rank=int(c["rank"]))
+    best["loo"] = int(table.index[0])
+    # LOO differences within ~2 standard errors are noise: take the smallest such K
+    best["loo_parsimony"] = min(r["K"] for r in rows if r["elpd_diff"] <= 2 * r["loo_dse"])
+    k_chosen = best["loo_parsimony"]
+
+    print("\nPSIS-LOO (az.compare, best first) next to AIC, BIC and the full ELBO:")
+    print("| K | elpd_loo | se | p_loo | elpd_diff | dse | max LOO k | AIC | BIC | full ELBO "
+          "| variational k-hat |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for k in table.index:
+        r = rows[int(k) - 1]
+        print(f"| {r['K']} | {r['elpd_loo']:.1f} | {r['loo_se']:.1f} | {r['p_loo']:.1f} | "
+              f"{r['elpd_diff']:.1f} | {r['loo_dse']:.1f} | {r['loo_max_khat']:.2f} | "
+              f"{r['aic']:.1f} | {r['bic']:.1f} | {r['elbo']:.1f} | "
+              f"{r['variational_khat']:.2f} |")
+    print(f"\nbest K: LOO {best['loo']}; smallest K within 2 dse of it {k_chosen}")
+    diagnostics.save(idatas[k_chosen], out / "inference_data.nc")
 
     # 3. the E-step of the two-component story ---------------------------------------------
     k_story = DEFAULTS["story_components"]
@@ -225,6 +270,19 @@ def main(argv=None):
     fig.savefig(out / "membership_intervals.png", dpi=80)
     plt.close(fig)
 
+    az = diagnostics._arviz().az  # the two figures below use ArviZ 0.x plotting
+    with warnings.catch_warnings():
+        # ArviZ 0.23 calls sort_values(inplace=True), which pandas >= 3.1 deprecates
+        warnings.filterwarnings("ignore", message="The inplace keyword in DataFrame")
+        ax = az.plot_compare(table, insample_dev=False, figsize=(6, 3))
+    ax.figure.savefig(out / "loo_compare.png", dpi=80, bbox_inches="tight")
+    plt.close(ax.figure)
+    axes = az.plot_forest(idatas[k_chosen], var_names=["weights", "means"], combined=True,
+                          hdi_prob=0.9, figsize=(6, 3.5))
+    axes[0].set_title(f"variational posterior, K = {k_chosen} (90% HDI)")
+    axes[0].figure.savefig(out / "forest.png", dpi=80, bbox_inches="tight")
+    plt.close(axes[0].figure)
+
     metrics = {
         "features": FEATURES, "num_bottles": int(X.shape[0]), "seed": args.seed,
         "prior_type": args.prior_type, "n_init": args.n_init, "table": rows, "best_k": best,
@@ -233,7 +291,7 @@ def main(argv=None):
                   "credible_mass": DEFAULTS["credible_mass"], "bottles": bottle_records},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"\nwrote {out}/metrics.json and 4 figures")
+    print(f"\nwrote {out}/metrics.json, inference_data.nc (K = {k_chosen}) and 6 figures")
 
 
 if __name__ == "__main__":
