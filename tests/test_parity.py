@@ -125,13 +125,17 @@ def test_model_log_joint_and_log_weights_parity(prior_kind, gated):
         log_w_p = (per_ex_p - tr_g.nodes["z"]["fn"].log_prob(zt)).detach().numpy()
 
         # NumPyro: the same through log_density and traces.
-        xj, zj = jnp.asarray(x), jnp.asarray(z)
-        joint_n, _ = log_density(mn, (xj,), {}, {"z": zj})
-        tr_m = handlers.trace(handlers.substitute(mn, data={"z": zj})).get_trace(xj)
-        tr_g = handlers.trace(handlers.substitute(handlers.seed(gn, 0), data={"z": zj})
-                              ).get_trace(xj)
-        per_ex_n = sum(tr_m[s]["fn"].log_prob(tr_m[s]["value"]) for s in ("z", "x"))
-        log_w_n = np.asarray(per_ex_n - tr_g["z"]["fn"].log_prob(zj))
+        @jax.jit  # one compilation instead of many eager float64 ops
+        def numpyro_side(xj, zj):
+            joint_n, _ = log_density(mn, (xj,), {}, {"z": zj})
+            tr_m = handlers.trace(handlers.substitute(mn, data={"z": zj})).get_trace(xj)
+            tr_g = handlers.trace(handlers.substitute(handlers.seed(gn, 0), data={"z": zj})
+                                  ).get_trace(xj)
+            per_ex_n = sum(tr_m[s]["fn"].log_prob(tr_m[s]["value"]) for s in ("z", "x"))
+            return joint_n, per_ex_n - tr_g["z"]["fn"].log_prob(zj)
+
+        joint_n, log_w_n = numpyro_side(jnp.asarray(x), jnp.asarray(z))
+        log_w_n = np.asarray(log_w_n)
         assert log_w_n.dtype == np.float64
 
     np.testing.assert_allclose(float(joint_n), joint_p, rtol=RTOL)
@@ -149,9 +153,9 @@ def test_importance_log_weights_parity_given_same_samples():
         mp, gp, mn, gn = _pair("vamp")
         # NumPyro's evaluation core with the guide's z pinned (substitute keeps it latent).
         xj = jnp.asarray(x)
-        actual = np.asarray(log_weights_n(random.PRNGKey(0), mn,
-                                          handlers.substitute(gn, data={"z": jnp.asarray(z)}),
-                                          xj, S, (), {}))
+        actual = np.asarray(jax.jit(lambda xj, zj: log_weights_n(
+            random.PRNGKey(0), mn, handlers.substitute(gn, data={"z": zj}), xj, S, (), {})
+        )(xj, jnp.asarray(z)))
         # Pyro, computed directly from its traces at the same z.
         xt, zt = torch.from_numpy(x), torch.from_numpy(z)
         with pyro.plate("particles", S, dim=-2):

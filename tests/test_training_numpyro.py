@@ -67,11 +67,23 @@ def test_warmup_beta():
     assert warmup_beta(0, 0) == 1.0
 
 
-def test_fit_decreases_loss_and_follows_warmup(data):
+FIT_KWARGS = dict(batch_size=50, learning_rate=1e-3, warmup_epochs=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def full_run(data, tmp_path_factory):
+    """4 epochs with validation and checkpoints (shared: compiling a fit costs seconds)."""
     train, valid = data
     model, guide = _vae()
-    result = fit(random.PRNGKey(0), model, guide, train, valid, num_epochs=4, batch_size=50,
-                 learning_rate=1e-3, warmup_epochs=2, progress=False)
+    numpyro.enable_validation(True)
+    return fit(random.PRNGKey(2), model, guide, train, valid, num_epochs=4,
+               checkpoint_dir=tmp_path_factory.mktemp("full"), **FIT_KWARGS)
+
+
+def test_fit_decreases_loss_and_follows_warmup(data, full_run):
+    train, valid = data
+    model, guide = _vae()
+    result = full_run
     assert isinstance(result, FitResult)
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert [h["beta"] for h in result.history] == [0.5, 1.0, 1.0, 1.0]
@@ -116,17 +128,15 @@ def test_early_stopping_rule(data):
     assert len(elbos) > warmup and result.best_valid_elbo == max(elbos)
 
 
-def test_resume_is_identical_to_uninterrupted_run(data, tmp_path):
+def test_resume_is_identical_to_uninterrupted_run(data, full_run, tmp_path):
     train, valid = data
     model, guide = _vae()
-    kwargs = dict(batch_size=64, learning_rate=1e-3, warmup_epochs=2, progress=False)
-    full = fit(random.PRNGKey(2), model, guide, train, valid, num_epochs=4,
-               checkpoint_dir=tmp_path / "full", **kwargs)
+    full = full_run
     first = fit(random.PRNGKey(2), model, guide, train, valid, num_epochs=2,
-                checkpoint_dir=tmp_path / "part", **kwargs)
+                checkpoint_dir=tmp_path / "part", **FIT_KWARGS)
     assert len(first.history) == 2
     resumed = fit(random.PRNGKey(2), model, guide, train, valid, num_epochs=4,
-                  checkpoint_dir=tmp_path / "part", resume=True, **kwargs)
+                  checkpoint_dir=tmp_path / "part", resume=True, **FIT_KWARGS)
     strip = [{k: v for k, v in h.items() if k != "seconds"} for h in full.history]
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == strip
     assert resumed.best_epoch == full.best_epoch
