@@ -100,8 +100,14 @@ class _ArviZ:
         """InferenceData (0.x) or DataTree (1.x) from ``{group: {var: array}}``; the
         posterior-like groups lead with (chain, draw)."""
         if self.modern:
-            return self.az.from_dict(groups, coords=coords, dims=dims, attrs=attrs)
-        return self.az.from_dict(**groups, coords=coords, dims=dims, attrs=attrs)
+            data = self.az.from_dict(groups, coords=coords, dims=dims)
+        else:
+            data = self.az.from_dict(**groups, coords=coords, dims=dims)
+        # per-group attributes, set the same way in both versions (0.x's ``attrs`` argument
+        # is for the root, 1.x's differs)
+        for name in groups:
+            data[name].attrs.update(attrs)
+        return data
 
     def add_group(self, data, name, dataset):
         """Attach an ``xarray.Dataset`` without (chain, draw) as group ``name``."""
