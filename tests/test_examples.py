@@ -72,8 +72,21 @@ def test_gmm_wine(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["K"] for r in metrics["table"]] == [1, 2, 3]
     for name in ["model_selection.png", "contours.png", "responsibilities.png",
-                 "membership_intervals.png"]:
+                 "membership_intervals.png", "loo_compare.png", "forest.png"]:
         assert (tmp_path / name).stat().st_size > 1000, name
+    # ArviZ: LOO table beside AIC/BIC/ELBO, k-hats, and the chosen K's InferenceData
+    assert "| K | elpd_loo | se | p_loo | elpd_diff | dse | max LOO k |" in stdout
+    for r in metrics["table"]:
+        assert r["elpd_loo"] < 0 and r["loo_se"] > 0 and abs(r["variational_khat"]) < 10
+        assert r["loo_max_khat"] < 1.0
+    from ppl_vae import diagnostics  # imported here: only this test needs ArviZ
+
+    chosen = metrics["best_k"]["loo_parsimony"]
+    idata = diagnostics.load(tmp_path / "inference_data.nc")
+    assert {"posterior", "log_likelihood", "observed_data"} <= set(
+        diagnostics.group_names(idata))
+    assert diagnostics.group(idata, "posterior")["weights"].shape == (1, 200, chosen)
+    assert diagnostics.group(idata, "log_likelihood")["x"].shape == (1, 200, 178)
     proc = subprocess.run([sys.executable, str(REPO / "examples" / "gmm_wine.py"), "--help"],
                           capture_output=True, text=True, cwd=REPO)
     assert proc.returncode == 0 and "--max-components" in proc.stdout and "ELBO" in proc.stdout
