@@ -40,7 +40,7 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy.special import betaln, digamma, gammaln, multigammaln
+from scipy.special import betaln, digamma, gammaln, multigammaln, logsumexp
 from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
@@ -913,7 +913,7 @@ class BayesianGaussianMixture(_BaseMixture):
             y -= np.einsum("sd,sde->se", means[:, k], prec_chol[:, k])[:, None, :]
             out[:, :, k] = (-0.5 * (dim * _LOG_2PI + np.einsum("sne,sne->sn", y, y))
                             + _log_det_cholesky(prec_chol[:, k])[:, None]
-                            + np.log(weights[:, k])[:, None])
+                            + _log(weights[:, k])[:, None])
         return out
 
     def log_joint_draws(self, X, draws):
@@ -961,8 +961,14 @@ class BayesianGaussianMixture(_BaseMixture):
 
 
 def _log_sum_exp(a, axis):
-    shift = np.max(a, axis=axis, keepdims=True)
-    return np.log(np.sum(np.exp(a - shift), axis=axis)) + np.squeeze(shift, axis=axis)
+    return logsumexp(a, axis=axis)
+
+
+def _log(x):
+    """log with log(0) = -inf and no warning: a draw may give a component weight exactly 0
+    (truncated stick-breaking), which is a valid point of the posterior's support."""
+    with np.errstate(divide="ignore"):
+        return np.log(x)
 
 
 def _sticks_to_weights(v):
@@ -976,4 +982,7 @@ def _weights_to_sticks(weights):
     """Inverse of :func:`_sticks_to_weights`; (S, K) to (S, K - 1)."""
     used = np.cumsum(weights, axis=1)[:, :-2]
     remaining = 1.0 - np.concatenate((np.zeros((weights.shape[0], 1)), used), axis=1)
-    return np.clip(weights[:, :-1] / remaining, 1e-300, 1.0 - 1e-16)
+    # Once the stick is used up (remaining == 0) the later fractions are arbitrary; take 1.
+    fraction = np.divide(weights[:, :-1], remaining, out=np.ones_like(remaining),
+                         where=remaining > 0)
+    return np.clip(fraction, 1e-300, 1.0 - 1e-16)
