@@ -57,6 +57,7 @@ __all__ = [
     "compare",
     "group_names",
     "group",
+    "concat",
     "save",
     "load",
     "KHAT_GOOD",
@@ -118,6 +119,14 @@ class _ArviZ:
         else:
             data.add_groups({name: dataset})
         return data
+
+    def from_groups(self, datasets):
+        """InferenceData (0.x) or DataTree (1.x) from ``{group: xarray.Dataset}``."""
+        if self.modern:
+            import xarray as xr
+
+            return xr.DataTree.from_dict(datasets)
+        return self.az.InferenceData(**datasets)
 
     def group_names(self, data):
         if self.modern:
@@ -563,6 +572,32 @@ def group_names(data):
 def group(data, name):
     """Group ``name`` of an InferenceData / DataTree as an ``xarray.Dataset``."""
     return _arviz().group(data, name)
+
+
+def concat(datas, dim="model"):
+    """Stack several fits' InferenceData along a new dimension ``dim``.
+
+    ``datas`` maps a label (e.g. the prior's name) to an InferenceData with the same groups;
+    each group becomes one dataset with a leading ``dim`` coordinate holding the labels.
+    Dimensions of different lengths (e.g. ``step`` after early stopping) are padded with NaN.
+
+    :param dict datas: ``{label: InferenceData}``.
+    :returns: InferenceData (a DataTree under ArviZ 1.x).
+    """
+    import pandas as pd
+    import xarray as xr
+
+    adapter = _arviz()
+    labels = list(datas)
+    if not labels:
+        raise ValueError("concat needs at least one InferenceData; got an empty dict.")
+    names = adapter.group_names(datas[labels[0]])
+    index = pd.Index(labels, name=dim)
+    return adapter.from_groups({
+        name: xr.concat([adapter.group(datas[label], name) for label in labels], dim=index,
+                        join="outer", combine_attrs="drop_conflicts")
+        for name in names
+    })
 
 
 def save(data, path):

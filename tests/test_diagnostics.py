@@ -215,3 +215,37 @@ def test_importing_the_package_does_not_import_arviz():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_concat_stacks_fits_along_a_new_dim_and_round_trips(tmp_path):
+    import arviz as az
+
+    from ppl_vae.diagnostics import concat, save, vae_inference_data
+
+    hist = [{"epoch": e, "beta": 1.0, "train_loss": 10.0 - e, "valid_elbo": -9.0 + e,
+             "seconds": 1.0} for e in (1, 2, 3)]
+    a = vae_inference_data(np.array([-1.0, -2.0]), np.array([0.1, 0.9]), hist[:1])
+    b = vae_inference_data(np.array([-3.0, -4.0]), np.array([0.2, 0.3]), hist)
+    both = concat({"standard": a, "vamp": b}, dim="prior")
+    save(both, tmp_path / "both.nc")
+    back = az.from_netcdf(tmp_path / "both.nc")
+    np.testing.assert_array_equal(back.log_likelihood.x.sel(prior="vamp").values.ravel(),
+                                  [-3.0, -4.0])
+    np.testing.assert_array_equal(back.importance.khat.sel(prior="standard").values, [0.1, 0.9])
+    # the shorter history is padded with NaN after its last step
+    loss = back.training.train_loss.sel(prior="standard").values
+    assert loss[0] == 9.0 and np.isnan(loss[1:]).all()
+    with pytest.raises(ValueError, match="at least one"):
+        concat({})
+
+
+def test_gmm_inference_data_with_dirichlet_process_weights_is_warning_free():
+    from ppl_vae.diagnostics import gmm_inference_data
+    from ppl_vae.mixture import BayesianGaussianMixture
+
+    rng = np.random.default_rng(0)
+    X = np.concatenate([rng.normal(size=(150, 2)), rng.normal(size=(150, 2)) + 4])
+    model = BayesianGaussianMixture(n_components=6, random_state=0,
+                                    weight_concentration_prior_type="dirichlet_process").fit(X)
+    idata = gmm_inference_data(model, X, num_samples=300, random_state=0)
+    assert np.isfinite(idata.log_likelihood.x.values).all()

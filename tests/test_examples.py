@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 # script -> fast flags (the output directory is appended as --out).
 SMOKE = {
     "vamp_mnist.py": ["--prior", "standard", "mog", "vamp", "vamp-data", "--epochs", "2",
-                      "--max-train", "300", "--max-test", "20", "--eval-samples", "20",
+                      "--max-train", "300", "--max-test", "20", "--eval-samples", "40",
                       "--num-pseudo", "20", "--hidden", "32", "--warmup", "1",
                       "--latent-gmm", "5", "--no-progress"],
     "gmm_wine.py": ["--max-components", "3", "--n-init", "1", "--num-posterior-samples", "200"],
@@ -43,11 +43,21 @@ def test_vamp_mnist(tmp_path, backend):
     assert [r["prior"] for r in records] == ["standard", "mog", "vamp", "vamp-data"]
     for r in records:
         assert r["backend"] == backend and r["dataset"] == "embedded"
-        assert r["epochs"] == 2 and r["num_pseudo"] == 20 and r["eval_samples"] == 20
+        assert r["epochs"] == 2 and r["num_pseudo"] == 20 and r["eval_samples"] == 40
         # log p(x) >= ELBO holds in expectation; both finite and negative.
         assert r["test_log_likelihood"] < 0 and r["test_elbo"] < 0
         assert r["train_seconds"] > 0
+        assert 0 <= r["khat_above_0_7"] <= 1
         assert -1 <= r["latent_gmm_ari"] <= 1 and 1 <= r["latent_gmm_components"] <= 5
+    import arviz as az
+
+    idata = az.from_netcdf(tmp_path / "inference_data.nc")
+    assert {"log_likelihood", "importance", "training"} <= set(idata.groups())
+    assert list(idata.log_likelihood.x.coords["prior"].values) == ["standard", "mog", "vamp",
+                                                                   "vamp-data"]
+    assert idata.log_likelihood.x.shape == (4, 1, 1, 20) and idata.training.train_loss.shape == (4, 2)
+    ll = idata.log_likelihood.x.values[:, 0, 0, :].mean(-1)
+    assert [round(v, 6) for v in ll] == [round(r["test_log_likelihood"], 6) for r in records]
     for name in ["elbo_curves.png", "samples_vamp.png", "reconstructions_standard.png",
                  "pseudo_inputs_vamp.png", "pseudo_inputs_vamp-data.png", "latent_gmm_vamp.png"]:
         assert (tmp_path / name).stat().st_size > 1000, name
