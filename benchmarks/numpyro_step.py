@@ -10,7 +10,9 @@ Run::
 
     python benchmarks/numpyro_step.py --epochs 5 --json numpyro_step.json
 
-Targets: NumPyro within 1.10x of hand-written JAX, at least 1.5x faster than Pyro.
+Targets: NumPyro within 1.10x of hand-written JAX, at least 1.5x faster than Pyro. Pyro runs
+with 1 torch thread and with all cores; the faster counts (torch's OpenMP pool collapses when
+other processes share the cores).
 """
 
 import argparse
@@ -156,14 +158,14 @@ def jax_runner(data):
 
 
 # ---- Pyro -----------------------------------------------------------------------------------
-def pyro_runner(data):
+def pyro_runner(data, num_threads):
     import pyro
     import torch
     from ppl_vae import pyro as pp
     from models.vae_pyro import vae_model
     from guides.vae_pyro import vae_guide
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(num_threads)
     pyro.clear_param_store()
     pyro.set_rng_seed(0)
     enc = pp.Encoder(INPUT, LATENT, (HIDDEN, HIDDEN))
@@ -182,6 +184,7 @@ def pyro_runner(data):
     n = len(x)
 
     def run():
+        torch.set_num_threads(num_threads)
         perm = torch.randperm(n)
         total = torch.zeros(())
         for i in range(n // BATCH):
@@ -208,7 +211,10 @@ def main():
     runners = {"numpyro (ppl_vae)": numpyro_runner(data), "jax + optax (hand-written)":
                jax_runner(data)}
     if not args.skip_pyro:
-        runners["pyro (ppl_vae)"] = pyro_runner(data)
+        # torch's OpenMP pool degrades sharply when the cores are shared (busy machine), so
+        # Pyro runs with 1 thread and with every core, and is credited with the faster.
+        for t in sorted({1, os.cpu_count() or 1}):
+            runners[f"pyro (ppl_vae), {t} thread(s)"] = pyro_runner(data, t)
     times = {name: [] for name in runners}
     losses = {}
     for name, run in runners.items():  # warm-up: compilation, allocator
@@ -223,20 +229,25 @@ def main():
     print(f"device: {jax.devices()[0].device_kind}; batch {BATCH}, K {K}, "
           f"{INPUT}-{HIDDEN}-{HIDDEN}-{LATENT} gated; {steps} steps/epoch, "
           f"{args.epochs} timed epochs")
-    print(f"{'implementation':32s} {'ms/step (median)':>17s} {'min':>8s} {'max':>8s} "
+    print(f"{'implementation':36s} {'ms/step (median)':>17s} {'min':>8s} {'max':>8s} "
           f"{'last loss':>10s}")
     for name in runners:
-        print(f"{name:32s} {med[name]:17.2f} {min(times[name]):8.2f} {max(times[name]):8.2f} "
+        print(f"{name:36s} {med[name]:17.2f} {min(times[name]):8.2f} {max(times[name]):8.2f} "
               f"{losses[name]:10.2f}")
     np_name, jx_name = "numpyro (ppl_vae)", "jax + optax (hand-written)"
-    ratios = {"numpyro / hand-written jax": med[np_name] / med[jx_name]}
-    if "pyro (ppl_vae)" in med:
-        ratios["pyro / numpyro (speed-up)"] = med["pyro (ppl_vae)"] / med[np_name]
+    best = {name: min(t) for name, t in times.items()}
+    # Medians and minima: on a shared machine the minimum is the steadier estimate.
+    ratios = {"numpyro / hand-written jax (median)": med[np_name] / med[jx_name],
+              "numpyro / hand-written jax (min)": best[np_name] / best[jx_name]}
+    pyro_names = [k for k in med if k.startswith("pyro")]
+    if pyro_names:
+        ratios["best pyro / numpyro (median)"] = min(med[k] for k in pyro_names) / med[np_name]
+        ratios["best pyro / numpyro (min)"] = min(best[k] for k in pyro_names) / best[np_name]
     for k, v in ratios.items():
-        print(f"{k:32s} {v:6.3f}")
+        print(f"{k:38s} {v:6.3f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"ms_per_step": times, "median_ms_per_step": med, "ratios": ratios,
+            json.dump({"ms_per_step": times, "median_ms_per_step": med, "min_ms_per_step": best, "ratios": ratios,
                        "device": jax.devices()[0].device_kind, "steps_per_epoch": steps},
                       f, indent=2)
 

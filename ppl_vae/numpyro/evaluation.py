@@ -29,10 +29,10 @@ example; the resulting distributions are handed to each chunk as a pytree argume
 import math
 
 import jax
-import numpy as np
-from jax import lax, random
 import jax.numpy as jnp
+import numpy as np
 import numpyro
+from jax import lax, random
 from numpyro import handlers
 
 from ppl_vae.numpyro.priors import _cached_priors
