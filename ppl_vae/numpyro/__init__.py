@@ -29,6 +29,7 @@ from ppl_vae.numpyro.training import (
     fit,
     warmup_beta,
 )
+from ppl_vae.numpyro.hvae import ConditionalGaussian, MultiInputDecoder, hvae_posterior_means
 
 __all__ = [
     "VampPrior",
@@ -54,4 +55,7 @@ __all__ = [
     "TrainingDivergedError",
     "elbo_per_example",
     "warmup_beta",
+    "ConditionalGaussian",
+    "MultiInputDecoder",
+    "hvae_posterior_means",
 ]

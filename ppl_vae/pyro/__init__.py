@@ -17,6 +17,7 @@ from ppl_vae.pyro.nets import MLP, Decoder, Encoder, GatedDense
 from ppl_vae.pyro.evaluation import (importance_log_likelihood, importance_log_weights,
                                      log_weight_chunks)
 from ppl_vae.pyro.training import FitResult, TrainingDivergedError, elbo_per_example, fit, warmup_beta
+from ppl_vae.pyro.hvae import ConditionalGaussian, MultiInputDecoder, hvae_posterior_means
 
 __all__ = [
     "VampPrior",
@@ -42,4 +43,7 @@ __all__ = [
     "TrainingDivergedError",
     "elbo_per_example",
     "warmup_beta",
+    "ConditionalGaussian",
+    "MultiInputDecoder",
+    "hvae_posterior_means",
 ]
