@@ -165,3 +165,22 @@ def test_importance_log_weights_parity_given_same_samples():
                     - tr_g.nodes["z"]["fn"].log_prob(zt)).detach().numpy()
     assert actual.shape == expected.shape == (S, N)
     np.testing.assert_allclose(actual, expected, rtol=RTOL)
+
+
+def test_discretized_logistic_parity_and_normalisation():
+    rng = np.random.default_rng(4)
+    params = rng.standard_normal((3, 2 * 5))
+    bins = np.arange(256) / 255.0
+    values = bins[rng.integers(0, 256, (3, 5))]
+    expected = pp.discretized_logistic(torch.from_numpy(params)).log_prob(
+        torch.from_numpy(values)).numpy()
+    with jax.enable_x64(True):
+        d = pn.discretized_logistic(jnp.asarray(params))
+        actual = np.asarray(d.log_prob(jnp.asarray(values)))
+        # Every pixel's 256 bin masses sum to one.
+        base = d.base_dist
+        grid = jnp.broadcast_to(jnp.asarray(bins)[:, None, None], (256,) + base.batch_shape)
+        total = np.asarray(jnp.exp(base.log_prob(grid)).sum(0))
+    assert actual.shape == (3,)
+    np.testing.assert_allclose(actual, expected, rtol=RTOL)
+    np.testing.assert_allclose(total, 1.0, rtol=1e-10)
