@@ -37,6 +37,7 @@ class _MultiInputBody(eqx.Module):
 
     branches: tuple
     joint: MLP
+    out_features: int = eqx.field(static=True)
 
     def __init__(self, input_dims, hidden_dims, gated, *, rng_key):
         keys = random.split(_check_key(rng_key), len(input_dims) + 1)
@@ -44,6 +45,9 @@ class _MultiInputBody(eqx.Module):
                               for d, k in zip(input_dims, keys[:-1]))
         self.joint = MLP(len(input_dims) * hidden_dims[0], hidden_dims[1:], gated,
                          rng_key=keys[-1])
+        # One hidden layer: the concatenation itself feeds the head.
+        self.out_features = (hidden_dims[-1] if len(hidden_dims) > 1
+                             else len(input_dims) * hidden_dims[0])
 
     def __call__(self, *inputs):
         if len(inputs) != len(self.branches):
@@ -100,7 +104,7 @@ class ConditionalGaussian(eqx.Module):
         key_body, key_head = random.split(_check_key(rng_key))
         self.body = _MultiInputBody(self.input_dims, hidden_dims, gated, rng_key=key_body)
         # loc and log-variance heads share one matrix product.
-        self.head = _Linear(hidden_dims[-1], 2 * self.latent_dim, rng_key=key_head)
+        self.head = _Linear(self.body.out_features, 2 * self.latent_dim, rng_key=key_head)
 
     def __call__(self, *inputs):
         loc, logvar = jnp.split(self.head(self.body(*inputs)), 2, axis=-1)
@@ -134,7 +138,7 @@ class MultiInputDecoder(eqx.Module):
         hidden_dims = _check_dims("hidden_dims", hidden_dims)
         key_body, key_head = random.split(_check_key(rng_key))
         self.body = _MultiInputBody(self.input_dims, hidden_dims, gated, rng_key=key_body)
-        self.head = _Linear(hidden_dims[-1], self.params_per_pixel * self.output_dim,
+        self.head = _Linear(self.body.out_features, self.params_per_pixel * self.output_dim,
                             rng_key=key_head)
 
     def __call__(self, *inputs):

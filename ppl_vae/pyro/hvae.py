@@ -42,6 +42,9 @@ class _MultiInputBody(nn.Module):
         super().__init__()
         self.branches = nn.ModuleList(MLP(d, hidden_dims[:1], gated) for d in input_dims)
         self.joint = MLP(len(input_dims) * hidden_dims[0], hidden_dims[1:], gated)
+        # One hidden layer: the concatenation itself feeds the head.
+        self.out_features = (hidden_dims[-1] if len(hidden_dims) > 1
+                             else len(input_dims) * hidden_dims[0])
 
     def forward(self, *inputs):
         if len(inputs) != len(self.branches):
@@ -89,7 +92,7 @@ class ConditionalGaussian(nn.Module):
         self.logvar_min, self.logvar_max = float(logvar_min), float(logvar_max)
         self.body = _MultiInputBody(self.input_dims, hidden_dims, gated)
         # loc and log-variance heads share one matrix product.
-        self.head = _he_normal_(nn.Linear(hidden_dims[-1], 2 * self.latent_dim))
+        self.head = _he_normal_(nn.Linear(self.body.out_features, 2 * self.latent_dim))
 
     def forward(self, *inputs):
         loc, logvar = self.head(self.body(*inputs)).chunk(2, dim=-1)
@@ -122,7 +125,8 @@ class MultiInputDecoder(nn.Module):
         self.params_per_pixel = _check_dims("params_per_pixel", params_per_pixel)[0]
         hidden_dims = _check_dims("hidden_dims", hidden_dims)
         self.body = _MultiInputBody(self.input_dims, hidden_dims, gated)
-        self.head = _he_normal_(nn.Linear(hidden_dims[-1], self.params_per_pixel * self.output_dim))
+        self.head = _he_normal_(nn.Linear(self.body.out_features,
+                                          self.params_per_pixel * self.output_dim))
 
     def forward(self, *inputs):
         return self.head(self.body(*inputs))
@@ -155,13 +159,15 @@ def hvae_posterior_means(encoder, z1_encoder, x, num_samples=100, batch_size=100
         raise ValueError(f"num_samples must be a positive int or None; got {num_samples!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
-    param = next(encoder.parameters(), None) if isinstance(encoder, nn.Module) else None
-    dtype = param.dtype if param is not None else torch.get_default_dtype()
-    x = torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x, dtype=dtype)
+    x = torch.as_tensor(x if torch.is_tensor(x) else np.asarray(x))
     if x.dim() != 2:
         raise ValueError(f"x must have shape (N, D); got {tuple(x.shape)}.")
+    # The encoder's dtype and device, when it has parameters; else x's own float dtype.
+    param = next(encoder.parameters(), None) if isinstance(encoder, nn.Module) else None
     if param is not None:
-        x = x.to(param.device)
+        x = x.to(device=param.device, dtype=param.dtype)
+    elif not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
     z1_means, z2_means = [], []
     for start in range(0, len(x), batch_size):
         xb = x[start:start + batch_size]  # (n, D)
