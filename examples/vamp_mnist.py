@@ -220,6 +220,81 @@ def run_pyro(prior_name, train, valid, test, args, out):
     )
 
 
+# -------------------------------------------------------------------------- NumPyro backend
+def run_numpyro(prior_name, train, valid, test, args, out):
+    import jax
+    from jax import random
+    from numpyro import handlers
+    from numpyro.contrib.module import eqx_module
+    from numpyro.infer import Trace_ELBO, TraceMeanField_ELBO
+
+    import ppl_vae.numpyro as pv
+    from guides.vae_numpyro import vae_guide
+    from models.vae_numpyro import vae_model
+
+    platform = "gpu" if args.device.startswith("cuda") else args.device
+    try:
+        device = jax.devices(platform)[int(args.device.split(":")[1]) if ":" in args.device else 0]
+    except (RuntimeError, IndexError):
+        raise SystemExit(f"--device {args.device}: no such JAX device on this machine") from None
+    keys = random.split(random.PRNGKey(args.seed), 6)
+    likelihood = pv.bernoulli if args.likelihood == "bernoulli" else pv.discretized_logistic
+    D = train.shape[1]
+    encoder = pv.Encoder(D, args.latent_dim, args.hidden, args.gated, rng_key=keys[0])
+    decoder = pv.Decoder(args.latent_dim, D, args.hidden, args.gated,
+                         params_per_pixel=likelihood.params_per_pixel, rng_key=keys[1])
+    if prior_name == "standard":
+        prior = pv.StandardNormalPrior(args.latent_dim)
+    elif prior_name == "mog":
+        prior = pv.MixtureOfGaussiansPrior(args.latent_dim, args.num_pseudo, rng_key=keys[2])
+    elif prior_name == "vamp":
+        prior = pv.LearnedVampPrior(encoder, args.num_pseudo, D, rng_key=keys[2])
+    else:
+        prior = pv.vamp_data_prior(encoder, train, args.num_pseudo, rng_key=keys[2])
+    model = partial(vae_model, decoder=decoder, prior=prior, likelihood=likelihood)
+    guide = partial(vae_guide, encoder=encoder)
+    elbo = Trace_ELBO() if args.elbo == "trace" else TraceMeanField_ELBO()
+
+    t0 = time.perf_counter()
+    result = pv.fit(
+        keys[3], model, guide, train, valid, num_epochs=args.epochs, batch_size=args.batch_size,
+        learning_rate=args.lr, elbo=elbo, warmup_epochs=args.warmup,
+        early_stopping=args.early_stopping or None,
+        checkpoint_dir=out / "checkpoints" / prior_name, resume=args.resume, device=device,
+        progress=args.progress, description=f"numpyro/{prior_name}",
+    )
+    train_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    test_elbo = pv.elbo_per_example(keys[4], model, guide, test, params=result.params)
+    chunks = pv.log_weight_chunks(keys[5], model, guide, test, num_samples=args.eval_samples,
+                                  params=result.params, device=device)
+    log_px, khat = summarise_log_weights(chunks)
+    eval_seconds = time.perf_counter() - t0
+
+    with handlers.seed(rng_seed=args.seed), handlers.substitute(data=result.params):
+        # eqx_module under substitute returns the trained network (figures and latent codes)
+        enc, dec = eqx_module("encoder", encoder), eqx_module("decoder", decoder)
+        p_z = prior()
+        samples = _mean_image(likelihood(dec(p_z.sample(random.PRNGKey(args.seed), (100,)))))
+        recon = _mean_image(likelihood(dec(enc(test[:10])[0])))
+        pseudo = (eqx_module("pseudo_inputs", prior.pseudo_inputs)()
+                  if hasattr(prior, "pseudo_inputs") else None)
+        prior_locs = getattr(p_z, "component_loc", None)
+        if prior_locs is None and hasattr(p_z, "component_distribution"):
+            prior_locs = p_z.component_distribution.base_dist.loc
+    numpy = lambda a: None if a is None else np.asarray(a)  # noqa: E731
+    return dict(
+        history=result.history, best_epoch=result.best_epoch,
+        best_valid_elbo=result.best_valid_elbo, stopped_early=result.stopped_early,
+        test_elbo=test_elbo, log_px=log_px, khat=khat, train_seconds=train_seconds,
+        eval_seconds=eval_seconds, samples=numpy(samples), reconstructions=numpy(recon),
+        pseudo_inputs=None if pseudo is None else numpy(pseudo[:100]),
+        train_codes=numpy(enc(train)[0]), test_codes=numpy(enc(test)[0]),
+        prior_locs=numpy(prior_locs),
+    )
+
+
 def _mean_image(d):
     base = d.base_dist
     return base.probs if hasattr(base, "probs") else base.loc
@@ -244,7 +319,7 @@ def latent_gmm(prior_name, r, data, args, out):
                 latent_gmm_components=int(np.sum(gmm.weights_ > 1e-2)))
 
 
-BACKENDS = {"pyro": run_pyro}
+BACKENDS = {"pyro": run_pyro, "numpyro": run_numpyro}
 
 
 def main(argv=None):

@@ -35,7 +35,7 @@ def test_every_example_is_smoke_tested():
     assert scripts <= set(SMOKE), f"examples without a smoke test: {scripts - set(SMOKE)}"
 
 
-@pytest.mark.parametrize("backend", ["pyro"])
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
 def test_vamp_mnist(tmp_path, backend):
     stdout = _run("vamp_mnist.py", SMOKE["vamp_mnist.py"] + ["--backend", backend], tmp_path)
     assert "| prior | test ELBO | test log-likelihood" in stdout
