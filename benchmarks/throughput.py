@@ -15,9 +15,9 @@ over rounds of the mean step time of ``--steps`` consecutive steps:
   matrix products (written the same way as ppl_vae);
 - ``torch_broadcast``: a plain hand-written PyTorch step, mixture log-density by broadcasting
   to ``(B, K, L)`` (the usual way);
-- ``numpyro`` / ``jax_matmul``: ppl_vae's NumPyro path (one jitted epoch, step = epoch / steps)
-  and a hand-written jitted JAX + optax step (from ``benchmarks/numpyro_step.py``), when JAX is
-  installed.
+- ``numpyro`` / ``jax_matmul``: ppl_vae's NumPyro path (``fit``'s jitted epoch, step = epoch /
+  steps) and a hand-written jitted JAX + optax epoch (``benchmarks/_jax_contenders.py``), when
+  JAX is installed.
 
 Also: the machine's float32 GEMM rate, the step's FLOP count and floor, the standard-prior VAE
 the same way, and the Pyro step time for K in {50, 100, 500, 1000, 2000}.
@@ -69,16 +69,19 @@ def step_flops(num_pseudo=K, batch=BATCH, prior="vamp"):
     return 3 * (enc + dec + mix)
 
 
-def gemm_rate(seconds=2.0):
-    """float32 GFLOP/s of torch.mm on shapes like the step's (600 x 784 x 600)."""
-    a, b = torch.randn(600, 784), torch.randn(784, 600)
-    for _ in range(5):
+def gemm_rate(windows=20, reps=20, size=1024):
+    """The machine's float32 GEMM rate in GFLOP/s: torch.mm of ``size``-square matrices, the
+    best of ``windows`` short windows (the physical limit, not an average under load)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
         a @ b
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-    return 2 * 600 * 784 * 600 * n / (time.perf_counter() - t0) / 1e9
+    best = 0.0
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = max(best, 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
 
 
 # ---- contenders: each returns a function running `steps` training steps --------------------
@@ -156,22 +159,25 @@ def torch_runner(data, mixture="matmul", prior_kind="vamp", num_pseudo=K):
     return run
 
 
-def jax_runners(data_np):
-    """ppl_vae NumPyro and hand-written JAX runners, or {} without JAX."""
+def jax_runners(data_np, steps):
+    """ppl_vae NumPyro and hand-written JAX runners (one jitted epoch of ``steps`` steps
+    each), or {} without JAX."""
     try:
         import jax  # noqa: F401
-
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import numpyro_step
     except ImportError:
         return {}
-    runners = getattr(numpyro_step, "step_runners", None)
-    return runners(data_np) if runners else {}
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _jax_contenders as jc
+
+    data = data_np[:steps * BATCH]
+    numpyro_epoch, jax_epoch = jc.numpyro_runner(data), jc.jax_runner(data)
+    return {"numpyro": lambda _: numpyro_epoch(), "jax_matmul": lambda _: jax_epoch()}
 
 
 # ---- measurement -----------------------------------------------------------------------------
-def measure(runners, steps, rounds):
-    """Median over rounds of seconds per step; contenders interleaved within each round."""
+def measure(runners, steps, rounds, stat=statistics.median):
+    """``stat`` (median) over rounds of seconds per step; contenders interleaved within each
+    round."""
     for run in runners.values():  # warm-up (and JIT compilation)
         run(steps)
     times = {name: [] for name in runners}
@@ -180,7 +186,8 @@ def measure(runners, steps, rounds):
             t0 = time.perf_counter()
             run(steps)
             times[name].append((time.perf_counter() - t0) / steps)
-    return {name: statistics.median(t) for name, t in times.items()}
+    measure.last_times = times
+    return {name: stat(t) for name, t in times.items()}
 
 
 def main(argv=None):
@@ -206,7 +213,7 @@ def main(argv=None):
         "torch_matmul": torch_runner(data, "matmul"),
         "torch_broadcast": torch_runner(data, "broadcast"),
     }
-    vamp.update(jax_runners(data.numpy()))
+    vamp.update(jax_runners(data.numpy(), args.steps))
     vamp_ms = {k: 1e3 * v for k, v in measure(vamp, args.steps, args.rounds).items()}
     std = {
         "pyro_trace": pyro_runner(data, Trace_ELBO, "standard"),
