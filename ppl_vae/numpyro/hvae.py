@@ -24,8 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import random
-from numpyro import handlers
-from numpyro.contrib.module import eqx_module
 
 from ppl_vae.numpyro.nets import MLP, _check_dims, _check_key, _Linear
 
@@ -145,6 +143,14 @@ class MultiInputDecoder(eqx.Module):
         return self.head(self.body(*inputs))
 
 
+def _trained(module, name, params):
+    """``module`` with the values that ``eqx_module(name, module)`` registered, if given."""
+    key = name + "$params"  # eqx_module's param name
+    if not params or key not in params:
+        return module
+    return eqx.combine(params[key], eqx.partition(module, eqx.is_inexact_array)[1])
+
+
 def hvae_posterior_means(rng_key, encoder, z1_encoder, x, num_samples=100, batch_size=1000,
                          *, params=None):
     """Posterior means of both latent layers, for active units (:mod:`ppl_vae.metrics`).
@@ -180,11 +186,8 @@ def hvae_posterior_means(rng_key, encoder, z1_encoder, x, num_samples=100, batch
 
     @jax.jit
     def means(key, params, xb):
-        def networks():
-            return eqx_module("encoder", encoder), eqx_module("z1_encoder", z1_encoder)
-
-        enc, z1_enc = (handlers.substitute(networks, data=params)() if params
-                       else networks())
+        enc, z1_enc = (_trained(encoder, "encoder", params),
+                       _trained(z1_encoder, "z1_encoder", params))
         loc2, scale2 = enc(xb)  # (n, L2)
         if num_samples is None:
             return z1_enc(xb, loc2)[0], loc2
