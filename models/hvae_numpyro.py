@@ -9,7 +9,9 @@ VampPrior, whose encoder is the guide's q(z2 | x))::
 
     from functools import partial
     from jax import random
-    from ppl_vae.numpyro import ConditionalGaussian, LearnedVampPrior, MultiInputDecoder
+    from ppl_vae.metrics import active_units
+    from ppl_vae.numpyro import (ConditionalGaussian, LearnedVampPrior, MultiInputDecoder, fit,
+                                 hvae_posterior_means, importance_log_likelihood)
     from models.hvae_numpyro import hvae_model
     from guides.hvae_numpyro import hvae_guide
 
@@ -27,6 +29,7 @@ VampPrior, whose encoder is the guide's q(z2 | x))::
                                    params=result.params)
     z1_means, z2_means = hvae_posterior_means(random.PRNGKey(3), encoder, z1_encoder, x_test,
                                               params=result.params)
+    print(active_units(z1_means), active_units(z2_means))
 """
 
 import contextlib

@@ -8,7 +8,9 @@ VampPrior, whose encoder is the guide's q(z2 | x)). The reference's ``HVAE_2leve
 VampPrior on top, in a few lines::
 
     from functools import partial
-    from ppl_vae.pyro import ConditionalGaussian, LearnedVampPrior, MultiInputDecoder
+    from ppl_vae.metrics import active_units
+    from ppl_vae.pyro import (ConditionalGaussian, LearnedVampPrior, MultiInputDecoder, fit,
+                              hvae_posterior_means, importance_log_likelihood)
     from models.hvae_pyro import hvae_model
     from guides.hvae_pyro import hvae_guide
 
@@ -20,10 +22,10 @@ VampPrior on top, in a few lines::
     model = partial(hvae_model, decoder=decoder, z1_prior=z1_prior,
                     prior=LearnedVampPrior(encoder, K))   # or StandardNormalPrior(L2), ...
     guide = partial(hvae_guide, encoder=encoder, z1_encoder=z1_encoder)
-    result = fit(model, guide, x_train, x_valid, warmup_epochs=100)   # ppl_vae.pyro.fit
-    ll = importance_log_likelihood(model, guide, x_test, num_samples=5000)
-    z1_means, z2_means = hvae_posterior_means(encoder, z1_encoder, x_test)
-    active_units(z1_means), active_units(z2_means)                    # ppl_vae.metrics
+    result = fit(model, guide, x_train, x_valid, warmup_epochs=100, early_stopping=50)
+    ll = importance_log_likelihood(model, guide, x_test, num_samples=5000)   # (N,) nats
+    z1_means, z2_means = hvae_posterior_means(encoder, z1_encoder, x_test)   # MC over z2
+    print(active_units(z1_means), active_units(z2_means))
 
 For grey-level data pass ``MultiInputDecoder((L1, L2), D, params_per_pixel=2)`` and
 ``likelihood=discretized_logistic``.
