@@ -45,7 +45,7 @@ PRESETS = {
     "static-mnist": dict(epochs=2000, warmup=100, early_stopping=50, eval_samples=5000),
 }
 DEFAULTS = dict(
-    backend="pyro", prior=["standard", "vamp"], dataset="embedded", num_pseudo=500,
+    backend="pyro", model="vae", prior=["standard", "vamp"], dataset="embedded", num_pseudo=500,
     latent_dim=40, hidden=[300, 300], elbo="trace", batch_size=100, lr=5e-4, seed=0,
     device="cpu", out="out/vamp_mnist", likelihood="bernoulli",
 )
@@ -62,6 +62,9 @@ def parse_args(argv=None):
     )
     p.add_argument("--backend", choices=["pyro", "numpyro"], default=DEFAULTS["backend"],
                    help="Pyro (torch) or NumPyro (JAX) implementation")
+    p.add_argument("--model", choices=["vae", "hvae"], default=DEFAULTS["model"],
+                   help="one stochastic layer (VAE) or two (HVAE: q(z2|x) q(z1|x,z2), the prior "
+                        "on z2, p(z1|z2) learned), both with --latent-dim units per layer")
     p.add_argument("--prior", nargs="+", choices=PRIORS, default=DEFAULTS["prior"],
                    help="one or more priors to train, each a separate VAE")
     p.add_argument("--dataset", choices=list(PRESETS), default=DEFAULTS["dataset"],
@@ -154,7 +157,9 @@ def run_pyro(prior_name, train, valid, test, args, out):
     from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
     import ppl_vae.pyro as pv
+    from guides.hvae_pyro import hvae_guide
     from guides.vae_pyro import vae_guide
+    from models.hvae_pyro import hvae_model
     from models.vae_pyro import vae_model
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -163,22 +168,34 @@ def run_pyro(prior_name, train, valid, test, args, out):
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     likelihood = pv.bernoulli if args.likelihood == "bernoulli" else pv.discretized_logistic
-    D = train.shape[1]
-    encoder = pv.Encoder(D, args.latent_dim, args.hidden, args.gated)
-    decoder = pv.Decoder(args.latent_dim, D, args.hidden, args.gated,
-                         params_per_pixel=likelihood.params_per_pixel)
+    D, L, H, P = train.shape[1], args.latent_dim, args.hidden, likelihood.params_per_pixel
+    if args.model == "vae":
+        encoder = pv.Encoder(D, L, H, args.gated)  # q(z|x)
+        decoder = pv.Decoder(L, D, H, args.gated, params_per_pixel=P)  # p(x|z)
+    else:  # two stochastic layers, L + L latents; the prior is on the top one, z2
+        encoder = pv.ConditionalGaussian(D, L, H, args.gated)  # q(z2|x)
+        z1_encoder = pv.ConditionalGaussian((D, L), L, H, args.gated)  # q(z1|x,z2)
+        z1_prior = pv.ConditionalGaussian(L, L, H, args.gated)  # p(z1|z2)
+        decoder = pv.MultiInputDecoder((L, L), D, H, args.gated, params_per_pixel=P)
     if prior_name == "standard":
-        prior = pv.StandardNormalPrior(args.latent_dim)
+        prior = pv.StandardNormalPrior(L)
     elif prior_name == "mog":
-        prior = pv.MixtureOfGaussiansPrior(args.latent_dim, args.num_pseudo)
+        prior = pv.MixtureOfGaussiansPrior(L, args.num_pseudo)
     elif prior_name == "vamp":
         prior = pv.LearnedVampPrior(encoder, args.num_pseudo, D)
     else:
         prior = pv.vamp_data_prior(encoder, train, args.num_pseudo)
-    for module in (encoder, decoder, prior):
+    if args.model == "vae":
+        model = partial(vae_model, decoder=decoder, prior=prior, likelihood=likelihood)
+        guide = partial(vae_guide, encoder=encoder)
+        networks = (encoder, decoder, prior)
+    else:
+        model = partial(hvae_model, decoder=decoder, z1_prior=z1_prior, prior=prior,
+                        likelihood=likelihood)
+        guide = partial(hvae_guide, encoder=encoder, z1_encoder=z1_encoder)
+        networks = (encoder, z1_encoder, z1_prior, decoder, prior)
+    for module in networks:
         module.to(device)
-    model = partial(vae_model, decoder=decoder, prior=prior, likelihood=likelihood)
-    guide = partial(vae_guide, encoder=encoder)
     elbo = Trace_ELBO() if args.elbo == "trace" else TraceMeanField_ELBO()
 
     t0 = time.perf_counter()
@@ -200,11 +217,21 @@ def run_pyro(prior_name, train, valid, test, args, out):
 
     with torch.no_grad(), pv.prior_cache():  # figures and latent codes
         p_z = prior()
-        samples = _mean_image(likelihood(decoder(p_z.sample((100,)))))
-        recon = _mean_image(likelihood(decoder(encoder(x_test[:10])[0])))
+        z = p_z.sample((100,))
         pseudo = prior.pseudo_inputs() if hasattr(prior, "pseudo_inputs") else None
         train_codes = encoder(torch.as_tensor(train, device=device))[0]
-        test_codes = encoder(x_test)[0]
+        if args.model == "vae":
+            samples = _mean_image(likelihood(decoder(z)))
+            recon = _mean_image(likelihood(decoder(encoder(x_test[:10])[0])))
+            test_codes = encoder(x_test)[0]
+            layers = {"z": test_codes.cpu().numpy()}
+        else:  # decode the means of p(z1|z2) and of q(z1|x,z2) at q(z2|x)'s mean
+            samples = _mean_image(likelihood(decoder(z1_prior(z)[0], z)))
+            z2 = encoder(x_test[:10])[0]
+            recon = _mean_image(likelihood(decoder(z1_encoder(x_test[:10], z2)[0], z2)))
+            z1_means, z2_means = pv.hvae_posterior_means(encoder, z1_encoder, x_test)
+            test_codes = torch.as_tensor(z2_means)
+            layers = {"z1": z1_means, "z2": z2_means}
         prior_locs = getattr(p_z, "component_loc", None)
         if prior_locs is None and hasattr(p_z, "component_distribution"):
             prior_locs = p_z.component_distribution.base_dist.loc
@@ -216,8 +243,17 @@ def run_pyro(prior_name, train, valid, test, args, out):
         eval_seconds=eval_seconds, samples=numpy(samples), reconstructions=numpy(recon),
         pseudo_inputs=None if pseudo is None else numpy(pseudo[:100]),
         train_codes=numpy(train_codes), test_codes=numpy(test_codes),
-        prior_locs=numpy(prior_locs),
+        prior_locs=numpy(prior_locs), active_units=_active_units(layers),
     )
+
+
+def _active_units(layers):
+    """Active units per latent layer (Burda et al. 2016: Cov_x(E_q[z_d|x]) > 0.01); an int for
+    the one-layer VAE, ``{"z1": n1, "z2": n2}`` for the HVAE."""
+    from ppl_vae.metrics import active_units
+
+    counts = {name: active_units(means) for name, means in layers.items()}
+    return counts["z"] if list(counts) == ["z"] else counts
 
 
 # -------------------------------------------------------------------------- NumPyro backend
@@ -229,7 +265,9 @@ def run_numpyro(prior_name, train, valid, test, args, out):
     from numpyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
     import ppl_vae.numpyro as pv
+    from guides.hvae_numpyro import hvae_guide
     from guides.vae_numpyro import vae_guide
+    from models.hvae_numpyro import hvae_model
     from models.vae_numpyro import vae_model
 
     platform = "gpu" if args.device.startswith("cuda") else args.device
@@ -237,22 +275,33 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         device = jax.devices(platform)[int(args.device.split(":")[1]) if ":" in args.device else 0]
     except (RuntimeError, IndexError):
         raise SystemExit(f"--device {args.device}: no such JAX device on this machine") from None
-    keys = random.split(random.PRNGKey(args.seed), 6)
+    keys = random.split(random.PRNGKey(args.seed), 9)
     likelihood = pv.bernoulli if args.likelihood == "bernoulli" else pv.discretized_logistic
-    D = train.shape[1]
-    encoder = pv.Encoder(D, args.latent_dim, args.hidden, args.gated, rng_key=keys[0])
-    decoder = pv.Decoder(args.latent_dim, D, args.hidden, args.gated,
-                         params_per_pixel=likelihood.params_per_pixel, rng_key=keys[1])
+    D, L, H, P = train.shape[1], args.latent_dim, args.hidden, likelihood.params_per_pixel
+    if args.model == "vae":
+        encoder = pv.Encoder(D, L, H, args.gated, rng_key=keys[0])  # q(z|x)
+        decoder = pv.Decoder(L, D, H, args.gated, params_per_pixel=P, rng_key=keys[1])
+    else:  # two stochastic layers, L + L latents; the prior is on the top one, z2
+        encoder = pv.ConditionalGaussian(D, L, H, args.gated, rng_key=keys[0])  # q(z2|x)
+        z1_encoder = pv.ConditionalGaussian((D, L), L, H, args.gated, rng_key=keys[6])
+        z1_prior = pv.ConditionalGaussian(L, L, H, args.gated, rng_key=keys[7])  # p(z1|z2)
+        decoder = pv.MultiInputDecoder((L, L), D, H, args.gated, params_per_pixel=P,
+                                       rng_key=keys[1])
     if prior_name == "standard":
-        prior = pv.StandardNormalPrior(args.latent_dim)
+        prior = pv.StandardNormalPrior(L)
     elif prior_name == "mog":
-        prior = pv.MixtureOfGaussiansPrior(args.latent_dim, args.num_pseudo, rng_key=keys[2])
+        prior = pv.MixtureOfGaussiansPrior(L, args.num_pseudo, rng_key=keys[2])
     elif prior_name == "vamp":
         prior = pv.LearnedVampPrior(encoder, args.num_pseudo, D, rng_key=keys[2])
     else:
         prior = pv.vamp_data_prior(encoder, train, args.num_pseudo, rng_key=keys[2])
-    model = partial(vae_model, decoder=decoder, prior=prior, likelihood=likelihood)
-    guide = partial(vae_guide, encoder=encoder)
+    if args.model == "vae":
+        model = partial(vae_model, decoder=decoder, prior=prior, likelihood=likelihood)
+        guide = partial(vae_guide, encoder=encoder)
+    else:
+        model = partial(hvae_model, decoder=decoder, z1_prior=z1_prior, prior=prior,
+                        likelihood=likelihood)
+        guide = partial(hvae_guide, encoder=encoder, z1_encoder=z1_encoder)
     elbo = Trace_ELBO() if args.elbo == "trace" else TraceMeanField_ELBO()
 
     t0 = time.perf_counter()
@@ -276,8 +325,21 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         # eqx_module under substitute returns the trained network (figures and latent codes)
         enc, dec = eqx_module("encoder", encoder), eqx_module("decoder", decoder)
         p_z = prior()
-        samples = _mean_image(likelihood(dec(p_z.sample(random.PRNGKey(args.seed), (100,)))))
-        recon = _mean_image(likelihood(dec(enc(test[:10])[0])))
+        z = p_z.sample(random.PRNGKey(args.seed), (100,))
+        if args.model == "vae":
+            samples = _mean_image(likelihood(dec(z)))
+            recon = _mean_image(likelihood(dec(enc(test[:10])[0])))
+            test_codes = enc(test)[0]
+            layers = {"z": np.asarray(test_codes)}
+        else:  # decode the means of p(z1|z2) and of q(z1|x,z2) at q(z2|x)'s mean
+            enc1, prior1 = eqx_module("z1_encoder", z1_encoder), eqx_module("z1_prior", z1_prior)
+            samples = _mean_image(likelihood(dec(prior1(z)[0], z)))
+            z2 = enc(test[:10])[0]
+            recon = _mean_image(likelihood(dec(enc1(test[:10], z2)[0], z2)))
+            z1_means, z2_means = pv.hvae_posterior_means(keys[8], encoder, z1_encoder, test,
+                                                         params=result.params)
+            test_codes = z2_means
+            layers = {"z1": z1_means, "z2": z2_means}
         pseudo = (eqx_module("pseudo_inputs", prior.pseudo_inputs)()
                   if hasattr(prior, "pseudo_inputs") else None)
         prior_locs = getattr(p_z, "component_loc", None)
@@ -290,8 +352,8 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         test_elbo=test_elbo, log_px=log_px, khat=khat, train_seconds=train_seconds,
         eval_seconds=eval_seconds, samples=numpy(samples), reconstructions=numpy(recon),
         pseudo_inputs=None if pseudo is None else numpy(pseudo[:100]),
-        train_codes=numpy(enc(train)[0]), test_codes=numpy(enc(test)[0]),
-        prior_locs=numpy(prior_locs),
+        train_codes=numpy(enc(train)[0]), test_codes=numpy(test_codes),
+        prior_locs=numpy(prior_locs), active_units=_active_units(layers),
     )
 
 
@@ -328,7 +390,7 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     data, train, valid, test = load_data(args)
     print(f"{args.dataset}: train {train.shape}, valid {valid.shape}, test {test.shape}; "
-          f"backend {args.backend}, priors {', '.join(args.prior)}, up to {args.epochs} epochs, "
+          f"{args.model}, backend {args.backend}, priors {', '.join(args.prior)}, up to {args.epochs} epochs, "
           f"{args.eval_samples} importance samples per test image")
     if args.backend not in BACKENDS:
         raise SystemExit(f"--backend {args.backend} is not available in this build")
@@ -340,7 +402,7 @@ def main(argv=None):
         histories[prior_name] = r["history"]
         log_px, khat = r["log_px"], r["khat"]
         record = dict(
-            prior=prior_name, backend=args.backend, dataset=args.dataset,
+            prior=prior_name, model=args.model, backend=args.backend, dataset=args.dataset,
             epochs=len(r["history"]), best_epoch=r["best_epoch"],
             stopped_early=r["stopped_early"], num_pseudo=args.num_pseudo,
             latent_dim=args.latent_dim, hidden=args.hidden, gated=args.gated, elbo=args.elbo,
@@ -351,6 +413,7 @@ def main(argv=None):
             # share of test images whose estimate is unreliable (k-hat > 0.7, or too few
             # samples to fit a tail: inf); None without ArviZ
             khat_above_0_7=None if np.isnan(khat).any() else float(np.mean(~(khat <= 0.7))),
+            active_units=r["active_units"],
             eval_samples=args.eval_samples, train_seconds=r["train_seconds"],
             eval_seconds=r["eval_seconds"], seed=args.seed, device=args.device,
         )
@@ -371,7 +434,7 @@ def main(argv=None):
         if diagnostics is not None:
             idata[prior_name] = diagnostics.vae_inference_data(
                 log_px, khat, r["history"],
-                attrs=dict(prior=prior_name, backend=args.backend, dataset=args.dataset,
+                attrs=dict(prior=prior_name, model=args.model, backend=args.backend, dataset=args.dataset,
                            eval_samples=args.eval_samples))
     if idata:  # one file: every group gains a leading "prior" dimension
         diagnostics.save(diagnostics.concat(idata, dim="prior"), out / "inference_data.nc")
@@ -380,12 +443,14 @@ def main(argv=None):
 
     print()
     print(f"| prior | test ELBO | test log-likelihood ({args.eval_samples} IS) "
-          f"| k-hat > 0.7 | epochs | train s | eval s |")
-    print("|---|---|---|---|---|---|---|")
+          f"| k-hat > 0.7 | active units | epochs | train s | eval s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in records:
         share = "n/a" if r["khat_above_0_7"] is None else f"{100 * r['khat_above_0_7']:.1f}%"
+        au = r["active_units"]
+        au = ", ".join(f"{k} {v}" for k, v in au.items()) if isinstance(au, dict) else au
         print(f"| {r['prior']} | {r['test_elbo']:.2f} | {r['test_log_likelihood']:.2f} "
-              f"± {r['test_log_likelihood_sem']:.2f} | {share} | {r['epochs']} | "
+              f"± {r['test_log_likelihood_sem']:.2f} | {share} | {au} | {r['epochs']} | "
               f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
     if args.latent_gmm:
         print("\nBayesian GMM on the latent means (K = %d):" % args.latent_gmm)

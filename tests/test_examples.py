@@ -49,6 +49,7 @@ def test_vamp_mnist(tmp_path, backend):
         # log p(x) >= ELBO holds in expectation; both finite and negative.
         assert r["test_log_likelihood"] < 0 and r["test_elbo"] < 0
         assert r["train_seconds"] > 0
+        assert r["model"] == "vae" and 0 <= r["active_units"] <= 40
         assert 0 <= r["khat_above_0_7"] <= 1
         assert -1 <= r["latent_gmm_ari"] <= 1 and 1 <= r["latent_gmm_components"] <= 5
     import arviz as az
@@ -63,6 +64,20 @@ def test_vamp_mnist(tmp_path, backend):
     for name in ["elbo_curves.png", "samples_vamp.png", "reconstructions_standard.png",
                  "pseudo_inputs_vamp.png", "pseudo_inputs_vamp-data.png", "latent_gmm_vamp.png"]:
         assert (tmp_path / name).stat().st_size > 1000, name
+
+
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_vamp_mnist_hvae(tmp_path, backend):
+    flags = ["--model", "hvae", "--prior", "vamp", "--epochs", "1", "--max-train", "200",
+             "--max-test", "20", "--eval-samples", "30", "--num-pseudo", "10", "--hidden", "16",
+             "--latent-dim", "4", "--no-progress", "--backend", backend]
+    stdout = _run("vamp_mnist.py", flags, tmp_path)
+    assert "active units" in stdout
+    (r,) = json.loads((tmp_path / "metrics.json").read_text())
+    assert r["model"] == "hvae" and r["prior"] == "vamp" and r["backend"] == backend
+    assert set(r["active_units"]) == {"z1", "z2"}
+    assert all(0 <= n <= 4 for n in r["active_units"].values())
+    assert r["test_log_likelihood"] < 0
 
 
 def test_vamp_mnist_help_and_bad_flags():
