@@ -15,6 +15,7 @@ over rounds of the mean step time of ``--steps`` consecutive steps:
   matrix products (written the same way as ppl_vae);
 - ``torch_broadcast``: a plain hand-written PyTorch step, mixture log-density by broadcasting
   to ``(B, K, L)`` (the usual way);
+- ``matmuls_only``: the step's matrix products alone (forward and backward), back to back;
 - ``numpyro`` / ``jax_matmul``: ppl_vae's NumPyro path (``fit``'s jitted epoch, step = epoch /
   steps) and a hand-written jitted JAX + optax epoch (``benchmarks/_jax_contenders.py``), when
   JAX is installed.
@@ -66,7 +67,7 @@ def step_flops(num_pseudo=K, batch=BATCH, prior="vamp"):
     enc = mlp(enc_rows, [INPUT, HIDDEN, HIDDEN], [2 * HIDDEN, 2 * HIDDEN, 2 * LATENT])
     dec = mlp(batch, [LATENT, HIDDEN, HIDDEN], [2 * HIDDEN, 2 * HIDDEN, INPUT])
     mix = 2 * batch * 2 * LATENT * num_pseudo if prior == "vamp" else 0
-    return 3 * (enc + dec + mix)
+    return 3 * (enc + dec + mix)  # cf. 2 * sum(m k n) over step_gemm_shapes()
 
 
 def gemm_rate(windows=20, reps=20, size=1024):
@@ -82,6 +83,35 @@ def gemm_rate(windows=20, reps=20, size=1024):
             a @ b
         best = max(best, 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9)
     return best
+
+
+def step_gemm_shapes(num_pseudo=K, batch=BATCH):
+    """(m, k, n) of every matrix product of one VampPrior step: forward ``x @ W.T`` for each
+    layer, and in backward the input gradient (except for the data) and the weight gradient."""
+    layers = []
+    for rows, dims in ((batch + num_pseudo, [INPUT, HIDDEN, HIDDEN]),  # encoder: x and u
+                       (batch, [LATENT, HIDDEN, HIDDEN])):  # decoder
+        outs = [2 * HIDDEN, 2 * HIDDEN, 2 * LATENT if dims[0] == INPUT else INPUT]
+        layers += [(rows, i, o, j > 0 or rows > batch) for j, (i, o) in enumerate(zip(dims, outs))]
+    shapes = [(batch, 2 * LATENT, num_pseudo)]  # mixture log-density, and its two gradients
+    shapes += [(batch, num_pseudo, 2 * LATENT), (2 * LATENT, batch, num_pseudo)]
+    for rows, i, o, needs_input_grad in layers:
+        shapes.append((rows, i, o))
+        shapes.append((o, rows, i))  # weight gradient
+        if needs_input_grad:
+            shapes.append((rows, o, i))
+    return shapes
+
+
+def gemm_runner(num_pseudo=K):
+    """Only the step's matrix products, back to back (what the step cannot go below)."""
+    pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in step_gemm_shapes(num_pseudo)]
+
+    def run(steps):
+        for _ in range(steps):
+            for a, b in pairs:
+                a @ b
+    return run
 
 
 # ---- contenders: each returns a function running `steps` training steps --------------------
@@ -176,24 +206,27 @@ def jax_runners(data_np, steps):
 
 # ---- measurement -----------------------------------------------------------------------------
 def measure(runners, steps, rounds, stat=statistics.median):
-    """``stat`` (median) over rounds of seconds per step; contenders interleaved within each
-    round."""
+    """``stat`` (median) over rounds of seconds per step. Contenders are interleaved within each
+    round and the order rotates from round to round: torch's worker threads keep spinning for
+    a moment after its last op, which slows whatever runs next, so no contender may always
+    follow the same one."""
     for run in runners.values():  # warm-up (and JIT compilation)
         run(steps)
-    times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, run in runners.items():
+    names = list(runners)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t0 = time.perf_counter()
-            run(steps)
+            runners[name](steps)
             times[name].append((time.perf_counter() - t0) / steps)
-    measure.last_times = times
     return {name: stat(t) for name, t in times.items()}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=20, help="steps per timed block")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median taken)")
+    p.add_argument("--rounds", type=int, default=14,
+                   help="interleaved rounds, order rotated each round (median taken)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-sweep", action="store_true", help="skip the K sweep")
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
@@ -212,6 +245,7 @@ def main(argv=None):
         "pyro_meanfield": pyro_runner(data, TraceMeanField_ELBO),
         "torch_matmul": torch_runner(data, "matmul"),
         "torch_broadcast": torch_runner(data, "broadcast"),
+        "matmuls_only": gemm_runner(),
     }
     vamp.update(jax_runners(data.numpy(), args.steps))
     vamp_ms = {k: 1e3 * v for k, v in measure(vamp, args.steps, args.rounds).items()}
@@ -236,7 +270,10 @@ def main(argv=None):
         "vamp_ms": vamp_ms, "standard_ms": std_ms,
         "pyro_over_torch": vamp_ms["pyro_trace"] / vamp_ms["torch_matmul"],
         "pyro_meanfield_over_torch": vamp_ms["pyro_meanfield"] / vamp_ms["torch_matmul"],
-        "fastest_over_torch_broadcast": min(vamp_ms.values()) / vamp_ms["torch_broadcast"],
+        "fastest_over_torch_broadcast": min(
+            v for k, v in vamp_ms.items() if k != "matmuls_only") / vamp_ms["torch_broadcast"],
+        "fastest_over_matmuls": min(
+            v for k, v in vamp_ms.items() if k != "matmuls_only") / vamp_ms["matmuls_only"],
     }
     if "numpyro" in vamp_ms:
         result["numpyro_over_jax"] = vamp_ms["numpyro"] / vamp_ms["jax_matmul"]
@@ -245,7 +282,7 @@ def main(argv=None):
 
     if not args.no_sweep:
         sweep = {f"pyro_K{k}": pyro_runner(data, Trace_ELBO, "vamp", k) for k in K_SWEEP}
-        sweep_ms = {k: 1e3 * v for k, v in measure(sweep, args.steps, max(3, args.rounds // 2)).items()}
+        sweep_ms = {k: 1e3 * v for k, v in measure(sweep, args.steps, max(5, args.rounds // 2)).items()}
         result["k_sweep_ms"] = {k: sweep_ms[f"pyro_K{k}"] for k in K_SWEEP}
         print("\nPyro step vs K: " + ", ".join(
             f"K={k}: {result['k_sweep_ms'][k]:.1f} ms" for k in K_SWEEP))

@@ -41,7 +41,7 @@ except ImportError:
 # recipe (Tomczak & Welling 2018): up to 2000 epochs, KL warm-up over 100, early stopping
 # after 50 epochs without validation improvement, 5000 importance samples.
 PRESETS = {
-    "embedded": dict(epochs=25, warmup=5, early_stopping=10, eval_samples=1000),
+    "embedded": dict(epochs=50, warmup=10, early_stopping=10, eval_samples=1000),
     "static-mnist": dict(epochs=2000, warmup=100, early_stopping=50, eval_samples=5000),
 }
 DEFAULTS = dict(
