@@ -232,19 +232,33 @@ def run_pyro(prior_name, train, valid, test, args, out):
             z1_means, z2_means = pv.hvae_posterior_means(encoder, z1_encoder, x_test)
             test_codes = torch.as_tensor(z2_means)
             layers = {"z1": z1_means, "z2": z2_means}
-        prior_locs = getattr(p_z, "component_loc", None)
-        if prior_locs is None and hasattr(p_z, "component_distribution"):
-            prior_locs = p_z.component_distribution.base_dist.loc
-    numpy = lambda t: None if t is None else t.detach().cpu().numpy()  # noqa: E731
-    return dict(
-        history=result.history, best_epoch=result.best_epoch,
-        best_valid_elbo=result.best_valid_elbo, stopped_early=result.stopped_early,
-        test_elbo=test_elbo, log_px=log_px, khat=khat, train_seconds=train_seconds,
-        eval_seconds=eval_seconds, samples=numpy(samples), reconstructions=numpy(recon),
-        pseudo_inputs=None if pseudo is None else numpy(pseudo[:100]),
-        train_codes=numpy(train_codes), test_codes=numpy(test_codes),
-        prior_locs=numpy(prior_locs), active_units=_active_units(layers),
-    )
+    return _outputs(result, layers, lambda t: t.detach().cpu().numpy(), test_elbo=test_elbo,
+                    log_px=log_px, khat=khat, train_seconds=train_seconds,
+                    eval_seconds=eval_seconds, samples=samples, reconstructions=recon,
+                    pseudo_inputs=pseudo, train_codes=train_codes, test_codes=test_codes,
+                    prior_locs=_prior_locs(p_z))
+
+
+def _prior_locs(p_z):
+    """The component locations of a mixture prior (the VampPrior's encoded pseudo-inputs, the
+    MoG's means), or None."""
+    locs = getattr(p_z, "component_loc", None)
+    if locs is None and hasattr(p_z, "component_distribution"):
+        locs = p_z.component_distribution.base_dist.loc
+    return locs
+
+
+def _outputs(result, layers, to_numpy, **values):
+    """What a backend's run hands back to main(): the fit's summary, the evaluation, and the
+    arrays for figures as NumPy (``to_numpy`` converts the backend's arrays)."""
+    arrays = ("samples", "reconstructions", "pseudo_inputs", "train_codes", "test_codes",
+              "prior_locs")
+    out = {k: (to_numpy(v) if k in arrays and v is not None else v) for k, v in values.items()}
+    if out["pseudo_inputs"] is not None:
+        out["pseudo_inputs"] = out["pseudo_inputs"][:100]
+    return dict(out, history=result.history, best_epoch=result.best_epoch,
+                best_valid_elbo=result.best_valid_elbo, stopped_early=result.stopped_early,
+                active_units=_active_units(layers))
 
 
 def _active_units(layers):
@@ -342,19 +356,10 @@ def run_numpyro(prior_name, train, valid, test, args, out):
             layers = {"z1": z1_means, "z2": z2_means}
         pseudo = (eqx_module("pseudo_inputs", prior.pseudo_inputs)()
                   if hasattr(prior, "pseudo_inputs") else None)
-        prior_locs = getattr(p_z, "component_loc", None)
-        if prior_locs is None and hasattr(p_z, "component_distribution"):
-            prior_locs = p_z.component_distribution.base_dist.loc
-    numpy = lambda a: None if a is None else np.asarray(a)  # noqa: E731
-    return dict(
-        history=result.history, best_epoch=result.best_epoch,
-        best_valid_elbo=result.best_valid_elbo, stopped_early=result.stopped_early,
-        test_elbo=test_elbo, log_px=log_px, khat=khat, train_seconds=train_seconds,
-        eval_seconds=eval_seconds, samples=numpy(samples), reconstructions=numpy(recon),
-        pseudo_inputs=None if pseudo is None else numpy(pseudo[:100]),
-        train_codes=numpy(enc(train)[0]), test_codes=numpy(test_codes),
-        prior_locs=numpy(prior_locs), active_units=_active_units(layers),
-    )
+    return _outputs(result, layers, np.asarray, test_elbo=test_elbo, log_px=log_px, khat=khat,
+                    train_seconds=train_seconds, eval_seconds=eval_seconds, samples=samples,
+                    reconstructions=recon, pseudo_inputs=pseudo, train_codes=enc(train)[0],
+                    test_codes=test_codes, prior_locs=_prior_locs(p_z))
 
 
 def _mean_image(d):
