@@ -230,3 +230,25 @@ def test_bad_shapes_raise_value_error_naming_both():
 def test_validation_rejects_non_positive_scale():
     with pytest.raises(ValueError, match="component_scale"):
         VampPrior(jnp.zeros((3, 2)), -jnp.ones((3, 2)), validate_args=True)
+
+
+def test_mixture_of_gaussians_prior_log_prob_matches_mixture_same_family():
+    """The MoG prior's matmul log-density equals NumPyro's MixtureSameFamily, under jit too."""
+    import jax
+    import numpyro.distributions as ndist
+
+    from ppl_vae.numpyro.priors import DiagonalNormalMixture
+
+    keys = jax.random.split(jax.random.PRNGKey(3), 4)
+    logits = jax.random.normal(keys[0], (6,))
+    loc = jax.random.normal(keys[1], (6, 3))
+    scale = 0.3 + jax.random.uniform(keys[2], (6, 3))
+    ours = DiagonalNormalMixture(logits, loc, scale)
+    ref = ndist.MixtureSameFamily(ndist.Categorical(logits=logits),
+                                  ndist.Normal(loc, scale).to_event(1))
+    z = 2 * jax.random.normal(keys[3], (5, 4, 3))
+    np.testing.assert_allclose(ours.log_prob(z), ref.log_prob(z), rtol=1e-5, atol=1e-5)
+    jitted = jax.jit(lambda d, v: d.log_prob(v))(ours, z)
+    np.testing.assert_allclose(jitted, ref.log_prob(z), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours.expand([4]).log_prob(z), ref.expand([4]).log_prob(z),
+                               rtol=1e-5, atol=1e-5)

@@ -139,3 +139,20 @@ def test_bad_shapes_and_parameters_raise_clear_errors():
         VampPrior(torch.zeros(3, 2), -torch.ones(3, 2), validate_args=True)
     with pytest.raises(ValueError, match="pseudo_inputs"):
         vamp_prior(lambda u: u, torch.zeros(5))
+
+
+def test_mixture_of_gaussians_prior_log_prob_matches_mixture_same_family():
+    """The MoG prior's matmul log-density equals Pyro's MixtureSameFamily, also expanded."""
+    from ppl_vae.pyro.priors import DiagonalNormalMixture
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(6, generator=g, dtype=torch.float64)
+    loc, scale = _random_components(6, 3, seed=3)
+    ours = DiagonalNormalMixture(logits, loc, scale)
+    ref = dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+    z = 2 * torch.randn(5, 4, 3, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ours.log_prob(z), ref.log_prob(z), rtol=1e-12, atol=1e-12)
+    expanded = ours.expand([4])
+    assert type(expanded) is DiagonalNormalMixture and expanded.batch_shape == (4,)
+    torch.testing.assert_close(expanded.log_prob(z), ref.expand([4]).log_prob(z), rtol=1e-12,
+                               atol=1e-12)

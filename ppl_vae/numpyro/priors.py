@@ -30,6 +30,7 @@ from jax import random
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions import Categorical, MixtureSameFamily, Normal
 
+from ppl_vae.numpyro._mixture_math import diag_normal_mixture_log_prob
 from ppl_vae.numpyro.vamp_prior import vamp_prior
 
 __all__ = [
@@ -139,6 +140,27 @@ class StandardNormalPrior(Prior):
         return Normal(self.loc, jnp.ones_like(self.loc)).to_event(1)
 
 
+class DiagonalNormalMixture(MixtureSameFamily):
+    """NumPyro's ``MixtureSameFamily`` of diagonal Normals with the VampPrior's log-density:
+    one matrix product instead of the ``(N, K, L)`` broadcast.
+
+    :param logits: mixture logits, shape ``(K,)``.
+    :param loc: component means, shape ``(K, L)``.
+    :param scale: component standard deviations, shape ``(K, L)``.
+    """
+
+    pytree_data_fields = ("_component_params",)
+
+    def __init__(self, logits, loc, scale, *, validate_args=None):
+        self._component_params = (logits, loc, scale)
+        super().__init__(Categorical(logits=logits), Normal(loc, scale).to_event(1),
+                         validate_args=validate_args)
+
+    def log_prob(self, value, intermediates=None):
+        logits, loc, scale = self._component_params
+        return diag_normal_mixture_log_prob(value, loc, scale, jax.nn.log_softmax(logits))
+
+
 class _MixtureParams(eqx.Module):
     logits: jax.Array  # (K,)
     loc: jax.Array  # (K, L)
@@ -170,8 +192,7 @@ class MixtureOfGaussiansPrior(Prior):
         return eqx_module("prior", self.params)
 
     def build(self, params):
-        components = Normal(params.loc, jnp.exp(params.log_scale)).to_event(1)
-        return MixtureSameFamily(Categorical(logits=params.logits), components)
+        return DiagonalNormalMixture(params.logits, params.loc, jnp.exp(params.log_scale))
 
 
 class PseudoInputs(eqx.Module):

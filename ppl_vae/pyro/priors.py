@@ -4,7 +4,8 @@ A prior is a ``torch.nn.Module`` whose call registers its parameters with Pyro (
 returns a distribution with event shape ``(L,)``:
 
 - :class:`StandardNormalPrior` -- ``N(0, I)``;
-- :class:`MixtureOfGaussiansPrior` -- a mixture with learned weights, locations and scales;
+- :class:`MixtureOfGaussiansPrior` -- a mixture with learned weights, locations and scales
+  (a :class:`DiagonalNormalMixture`);
 - :class:`LearnedVampPrior` -- the VampPrior with K learned pseudo-inputs, initialised as the
   reference does (``N(0.05, 0.01)``, kept in [0, 1] by a hardtanh);
 - :func:`vamp_data_prior` -- the VampPrior-data: pseudo-inputs initialised from K training
@@ -21,6 +22,7 @@ import torch
 from pyro.distributions import Categorical, MixtureSameFamily, Normal
 from torch import nn
 
+from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
 from ppl_vae.pyro.vamp_prior import vamp_prior
 
 __all__ = [
@@ -94,6 +96,35 @@ class StandardNormalPrior(Prior):
         return Normal(self.loc, torch.ones_like(self.loc)).to_event(1)
 
 
+class DiagonalNormalMixture(MixtureSameFamily):
+    """Pyro's ``MixtureSameFamily`` of diagonal Normals with the VampPrior's log-density: one
+    matrix product instead of the ``(N, K, L)`` broadcast (which makes a 5000-sample
+    evaluation of a K = 500 mixture prior hours long).
+
+    :param logits: mixture logits, shape ``(K,)``.
+    :param loc: component means, shape ``(K, L)``.
+    :param scale: component standard deviations, shape ``(K, L)``.
+    """
+
+    def __init__(self, logits, loc, scale, validate_args=None):
+        # The (K,)/(K, L) parameters: expand() broadcasts the parent's copies, not these.
+        self._component_params = (logits, loc, scale)
+        super().__init__(Categorical(logits=logits), Normal(loc, scale).to_event(1),
+                         validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiagonalNormalMixture, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new._component_params = self._component_params
+        return new
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, loc, scale = self._component_params
+        return diag_normal_mixture_log_prob(value, loc, scale, logits.log_softmax(-1))
+
+
 class MixtureOfGaussiansPrior(Prior):
     """:math:`p(z) = \\sum_k \\pi_k N(z; m_k, diag\\, s_k^2)` with learned ``pi, m, s``.
 
@@ -117,8 +148,7 @@ class MixtureOfGaussiansPrior(Prior):
         pyro.module("prior", self)
 
     def build(self):
-        components = Normal(self.loc, self.log_scale.exp()).to_event(1)
-        return MixtureSameFamily(Categorical(logits=self.logits), components)
+        return DiagonalNormalMixture(self.logits, self.loc, self.log_scale.exp())
 
 
 class PseudoInputs(nn.Module):
