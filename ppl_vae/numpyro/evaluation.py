@@ -34,6 +34,7 @@ import numpy as np
 import numpyro
 from jax import lax, random
 from numpyro import handlers
+from scipy.special import logsumexp
 
 from ppl_vae.numpyro.priors import _cached_priors
 
@@ -214,5 +215,5 @@ def importance_log_likelihood(rng_key, model, guide, data, *args, num_samples=50
 
 
 def _logmeanexp_np(log_w):
-    m = log_w.max(axis=1, keepdims=True)
-    return m[:, 0] + np.log(np.mean(np.exp(log_w - m), axis=1))
+    """log of the mean of exp(log_w) along the samples axis: (N, S) -> (N,)."""
+    return logsumexp(log_w, axis=1) - math.log(log_w.shape[1])

@@ -19,6 +19,7 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
+from scipy.special import logsumexp
 
 from ppl_vae.pyro.priors import prior_cache
 
@@ -126,11 +127,10 @@ def importance_log_likelihood(model, guide, data, *args, num_samples=5000, batch
     out = np.empty(len(data), dtype=np.float64)
     for rows, log_w in log_weight_chunks(model, guide, data, *args, num_samples=num_samples,
                                          batch_size=batch_size, device=device, **kwargs):
-        log_w = log_w.double()
-        out[rows] = (torch.logsumexp(log_w, dim=1) - math.log(num_samples)).cpu().numpy()
+        out[rows] = _logmeanexp_np(log_w.double().cpu().numpy())
     return out
 
 
 def _logmeanexp_np(log_w):
-    m = log_w.max(axis=1, keepdims=True)
-    return (m[:, 0] + np.log(np.mean(np.exp(log_w - m), axis=1)))
+    """log of the mean of exp(log_w) along the samples axis: (N, S) -> (N,)."""
+    return logsumexp(log_w, axis=1) - math.log(log_w.shape[1])
