@@ -7,14 +7,39 @@ distribution with event shape ``(D,)`` so that the model's ``"x"`` site sits in 
 
 import torch
 import torch.nn.functional as F
-from pyro.distributions import Bernoulli, TorchDistribution, constraints
+from pyro.distributions import Bernoulli, Independent, TorchDistribution, constraints
 
 __all__ = ["bernoulli", "discretized_logistic", "DiscretizedLogistic"]
 
 
+class _BernoulliPixels(Independent):
+    """``Bernoulli(logits).to_event(1)`` with a fused log-density.
+
+    .. math:: \\log p(x) = \\sum_d x_d l_d - \\operatorname{softplus}(l_d)
+
+    The data term is a batched dot product and the rest one elementwise pass; torch's
+    ``binary_cross_entropy_with_logits`` behind ``Bernoulli.log_prob`` makes several
+    image-sized temporaries, which dominated the 5000-sample evaluation. Same value for any
+    ``x`` in [0, 1]; sampling, support and validation are Pyro's ``Bernoulli``'s.
+    """
+
+    def __init__(self, logits, validate_args=None):
+        super().__init__(Bernoulli(logits=logits), 1, validate_args=validate_args)
+
+    def expand(self, batch_shape, _instance=None):
+        logits = self.base_dist.logits.expand(torch.Size(batch_shape) + self.event_shape)
+        return _BernoulliPixels(logits, validate_args=self._validate_args)
+
+    def log_prob(self, value):
+        if self._validate_args:
+            self._validate_sample(value)
+        logits = self.base_dist.logits
+        return torch.einsum("...d,...d->...", logits, value) - F.softplus(logits).sum(-1)
+
+
 def bernoulli(params):
-    """Binary pixels: ``params`` are logits, shape ``(..., D)``."""
-    return Bernoulli(logits=params).to_event(1)
+    """Binary pixels: ``params`` are logits, shape ``(..., D)``; event shape ``(D,)``."""
+    return _BernoulliPixels(params)
 
 
 bernoulli.params_per_pixel = 1
