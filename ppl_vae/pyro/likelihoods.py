@@ -20,18 +20,26 @@ class _BernoulliPixels(Independent):
     The data term is a batched dot product and the rest one elementwise pass; torch's
     ``binary_cross_entropy_with_logits`` behind ``Bernoulli.log_prob`` makes several
     image-sized temporaries, which dominated the 5000-sample evaluation. Same value for any
-    ``x`` in [0, 1]; sampling, support and validation are Pyro's ``Bernoulli``'s.
+    ``x`` in [0, 1]; sampling and support are Pyro's ``Bernoulli``'s, and the data are
+    validated against that support.
     """
 
     def __init__(self, logits, validate_args=None):
-        super().__init__(Bernoulli(logits=logits), 1, validate_args=validate_args)
+        # The data are validated (binary support) in log_prob; the logits are the decoder's
+        # output, and checking S x N x D of them for NaN every chunk cost more than the
+        # log-density itself (a NaN still shows up as a NaN loss, which fit() stops on).
+        # Pyro's Independent takes its validation flag from the base distribution, so the
+        # data check keeps a flag of its own (the global default unless told otherwise).
+        super().__init__(Bernoulli(logits=logits, validate_args=False), 1)
+        self._validate_data = (torch.distributions.Distribution._validate_args
+                               if validate_args is None else validate_args)
 
     def expand(self, batch_shape, _instance=None):
         logits = self.base_dist.logits.expand(torch.Size(batch_shape) + self.event_shape)
-        return _BernoulliPixels(logits, validate_args=self._validate_args)
+        return _BernoulliPixels(logits, validate_args=self._validate_data)
 
     def log_prob(self, value):
-        if self._validate_args:
+        if self._validate_data:
             self._validate_sample(value)
         logits = self.base_dist.logits
         return torch.einsum("...d,...d->...", logits, value) - F.softplus(logits).sum(-1)
