@@ -476,7 +476,7 @@ def gmm_inference_data(model, X, num_samples=1000, random_state=None, feature_na
     X = np.asarray(X, dtype=float)
     draws = model.sample_posterior(num_samples, random_state=random_state)
     log_lik = model.log_likelihood_draws(X, draws)  # (S, N)
-    lp = model.log_joint_draws(X, draws)  # (S,)
+    lp = model.log_prior_draws(draws) + log_lik.sum(axis=1)  # log p(theta, X), (S,)
     log_q = model.log_q_draws(draws)  # (S,)
     num_components, dim = model.means_.shape
     features = list(feature_names) if feature_names is not None else list(range(dim))

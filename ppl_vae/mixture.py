@@ -898,15 +898,12 @@ class BayesianGaussianMixture(_BaseMixture):
         check_is_fitted(self)
         X = self._validate_X(X, reset=False)
         weights, means, covariances = self._check_draws(draws)
-        return _log_sum_exp(self._log_joint_components(X, weights, means, covariances),
-                            axis=2)
+        return logsumexp(self._log_joint_components(X, weights, means, covariances), axis=2)
 
     def _log_joint_components(self, X, weights, means, covariances):
         """log pi_sk + log N(x_n | mu_sk, Sigma_sk); shape (S, N, K)."""
         num, num_components, dim = means.shape
-        cov_chol = np.linalg.cholesky(covariances)
-        eye = np.broadcast_to(np.eye(dim), covariances.shape)
-        prec_chol = np.swapaxes(np.linalg.solve(cov_chol, eye), -1, -2)  # (S, K, D, D)
+        prec_chol = _precision_cholesky(covariances)  # (S, K, D, D)
         out = np.empty((num, X.shape[0], num_components))
         for k in range(num_components):
             y = np.einsum("nd,sde->sne", X, prec_chol[:, k])
@@ -916,17 +913,20 @@ class BayesianGaussianMixture(_BaseMixture):
                             + _log(weights[:, k])[:, None])
         return out
 
-    def log_joint_draws(self, X, draws):
-        """``log p(theta_s) + sum_n log p(x_n | theta_s)`` under the model's prior; (S,)."""
+    def log_prior_draws(self, draws):
+        """``log p(theta_s)`` under the model's prior (weights, means, precisions); (S,)."""
         check_is_fitted(self)
         weights, means, covariances = self._check_draws(draws)
-        nu0 = self.degrees_of_freedom_prior_
-        log_prior = (self._log_weight_density(weights, self.weight_concentration_prior_)
-                     + self._log_gauss_wishart(means, covariances, self.mean_prior_,
-                                               self.mean_precision_prior_, nu0,
-                                               np.broadcast_to(self.covariance_prior_,
-                                                               covariances.shape[1:])))
-        return log_prior + self.log_likelihood_draws(X, draws).sum(axis=1)
+        return (self._log_weight_density(weights, self.weight_concentration_prior_)
+                + self._log_gauss_wishart(means, covariances, self.mean_prior_,
+                                          self.mean_precision_prior_,
+                                          self.degrees_of_freedom_prior_,
+                                          np.broadcast_to(self.covariance_prior_,
+                                                          covariances.shape[1:])))
+
+    def log_joint_draws(self, X, draws):
+        """``log p(theta_s) + sum_n log p(x_n | theta_s)`` under the model's prior; (S,)."""
+        return self.log_prior_draws(draws) + self.log_likelihood_draws(X, draws).sum(axis=1)
 
     def membership_intervals(self, X, num_samples=1000, credible_mass=0.9,
                              random_state=None):
@@ -953,15 +953,11 @@ class BayesianGaussianMixture(_BaseMixture):
         draws = self.sample_posterior(num_samples, random_state=random_state)
         log_joint = self._log_joint_components(X, draws["weights"], draws["means"],
                                                draws["covariances"])
-        log_joint -= _log_sum_exp(log_joint, axis=2)[:, :, None]
+        log_joint -= logsumexp(log_joint, axis=2)[:, :, None]
         member = np.exp(log_joint)  # (S, N, K)
         tail = 0.5 * (1.0 - credible_mass)
         lower, upper = np.quantile(member, [tail, 1.0 - tail], axis=0)
         return {"mean": member.mean(axis=0), "lower": lower, "upper": upper}
-
-
-def _log_sum_exp(a, axis):
-    return logsumexp(a, axis=axis)
 
 
 def _log(x):
