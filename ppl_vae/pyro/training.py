@@ -219,16 +219,17 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
 
+        params = _param_state()  # one copy per epoch, shared by best and last
         score = record["valid_elbo"] if valid_data is not None else -train_loss
         if score > best["valid_elbo"] or valid_data is None:
-            best.update(epoch=epoch + 1, valid_elbo=score, params=_param_state(), bad_epochs=0)
+            best.update(epoch=epoch + 1, valid_elbo=score, params=params, bad_epochs=0)
             if ckpt_dir is not None:
                 _save(ckpt_dir / "best.pt", {"epoch": epoch + 1, "params": best["params"]})
         elif epoch + 1 > warmup_epochs:
             best["bad_epochs"] += 1
         if ckpt_dir is not None:
             _save(ckpt_dir / "last.pt", {
-                "epoch": epoch, "params": _param_state(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "params": params, "optimizer": optimizer.state_dict(),
                 "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                 "history": history, "best": best,
