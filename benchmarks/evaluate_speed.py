@@ -86,8 +86,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--num-images", type=int, default=100)
     p.add_argument("--num-samples", type=int, default=5000)
-    p.add_argument("--batch-size", type=int, default=20000,
-                   help="(image, sample) pairs per chunk, both backends")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="(image, sample) pairs per chunk, both backends (default: the "
+                        "library's, 1000 on a CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--backends", nargs="+", default=["pyro", "numpyro"])
     p.add_argument("--json", default=None)
@@ -109,13 +110,15 @@ def main(argv=None):
             times[b].append(time.perf_counter() - t0)
             assert ll.shape == (len(x),) and np.isfinite(ll).all()
     med = {b: statistics.median(t) for b, t in times.items()}
+    chunk = args.batch_size or "default"
     print(f"{len(x)} {source} images x {args.num_samples} samples: {flops / 1e12:.2f} TFLOP; "
-          f"GEMM {rate:.0f} GFLOP/s -> floor {floor:.1f} s")
+          f"GEMM {rate:.0f} GFLOP/s -> floor {floor:.1f} s; batch_size {chunk}")
     print("| backend | seconds (median) | per image (ms) | vs FLOP floor |")
     print("|---|---|---|---|")
     for b, t in med.items():
         print(f"| {b} | {t:.1f} | {1e3 * t / len(x):.0f} | {t / floor:.2f} |")
     result = {"num_images": len(x), "source": source, "num_samples": args.num_samples,
+              "batch_size": args.batch_size,
               "gemm_gflops": rate, "tflop": flops / 1e12, "floor_s": floor,
               "seconds": med, "over_floor": {b: t / floor for b, t in med.items()}}
     if args.json:

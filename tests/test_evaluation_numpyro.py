@@ -176,3 +176,49 @@ def test_bad_arguments():
         importance_log_likelihood(key, *args, bad, W)
     with pytest.raises(TypeError, match="rng_key"):
         importance_log_likelihood(0, *args, x, W)
+
+
+def test_second_evaluation_reuses_the_compiled_chunk():
+    """Same model and guide objects: nothing is traced (so nothing compiled) again, and new
+    parameter values are arguments of the compiled code, not constants baked into it."""
+    W, b, x, exact = _ppca(4, n=6)
+    traces = []
+
+    def model(x, W0):
+        traces.append(1)  # runs only while JAX traces
+        ppca_model(x, W0)
+
+    kw = dict(num_samples=40, batch_size=80)
+    params = {"W": jnp.asarray(W), "b": jnp.asarray(b)}
+    first = importance_log_likelihood(random.PRNGKey(0), model, exact_guide, x,
+                                      jnp.zeros((D, L)), params=params, **kw)
+    assert traces
+    n = len(traces)
+    again = importance_log_likelihood(random.PRNGKey(0), model, exact_guide, x,
+                                      jnp.zeros((D, L)), params=params, **kw)
+    assert len(traces) == n
+    np.testing.assert_array_equal(first, again)
+    W2 = 1.5 * W  # other parameter values: the exact guide is exact for them too
+    cov2 = W2.astype(np.float64) @ W2.T.astype(np.float64) + SIGMA**2 * np.eye(D)
+    exact2 = stats.multivariate_normal(b.astype(np.float64), cov2).logpdf(x.astype(np.float64))
+    new = importance_log_likelihood(random.PRNGKey(0), model, exact_guide, x,
+                                    jnp.zeros((D, L)), params={"W": W2, "b": b}, **kw)
+    assert len(traces) == n
+    tol = 64 * np.finfo(np.float32).eps * np.abs(exact2).max()
+    np.testing.assert_allclose(new, exact2, atol=tol)
+    assert np.abs(exact2 - exact).min() > 100 * tol  # the two parameter sets really differ
+
+
+def test_default_chunk_size_on_cpu():
+    from ppl_vae.numpyro.evaluation import CPU_BATCH_SIZE
+
+    W, b, x, _ = _ppca(5, n=4)
+    params = {"W": jnp.asarray(W), "b": jnp.asarray(b)}
+    guide = partial(exact_guide, shift=0.1, widen=1.3)
+    args = (random.PRNGKey(0), ppca_model, guide, x, jnp.zeros((D, L)))
+    default = importance_log_weights(*args, num_samples=700, params=params)
+    explicit = importance_log_weights(*args, num_samples=700, params=params,
+                                      batch_size=CPU_BATCH_SIZE)
+    np.testing.assert_array_equal(default, explicit)
+    other = importance_log_weights(*args, num_samples=700, params=params, batch_size=5000)
+    assert not np.array_equal(default, other)  # one chunk: other keys, other draws

@@ -126,3 +126,33 @@ def test_trace_and_meanfield_elbo_agree_in_expectation():
             estimates[name] = (losses.mean(), losses.std() / 60**0.5)
         (m1, s1), (m2, s2) = estimates["trace"], estimates["meanfield"]
         assert abs(m1 - m2) < 5 * (s1**2 + s2**2) ** 0.5 + 1e-6
+
+
+def test_evaluation_builds_no_autograd_graph_and_leaves_grad_mode_alone():
+    """Parameters that require grad give log-weights without a graph (no saved activations
+    per chunk), and grad mode is as the caller left it while the generator is suspended."""
+    from ppl_vae.pyro import log_weight_chunks
+
+    W, b = (t.requires_grad_() for t in _ppca(2))
+    x, _ = _data(W.detach(), b.detach(), n=5)
+    for rows, log_w in log_weight_chunks(ppca_model, exact_guide, x, W, b, num_samples=20,
+                                         batch_size=40):
+        assert not log_w.requires_grad and log_w.grad_fn is None
+        assert torch.is_grad_enabled()
+
+
+def test_default_chunk_size_on_cpu():
+    from ppl_vae.pyro.evaluation import CPU_BATCH_SIZE
+
+    W, b = _ppca(3)
+    x, log_px = _data(W, b, n=4)
+    pyro.set_rng_seed(0)
+    default = importance_log_weights(ppca_model, wide_guide, x, W, b, num_samples=700)
+    pyro.set_rng_seed(0)
+    explicit = importance_log_weights(ppca_model, wide_guide, x, W, b, num_samples=700,
+                                      batch_size=CPU_BATCH_SIZE)
+    np.testing.assert_array_equal(default, explicit)
+    pyro.set_rng_seed(0)
+    other = importance_log_weights(ppca_model, wide_guide, x, W, b, num_samples=700,
+                                   batch_size=5000)  # one chunk: other draws
+    assert not np.array_equal(default, other)

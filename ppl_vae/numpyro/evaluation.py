@@ -12,7 +12,15 @@ guide must follow the plate convention: every sample site lies in the plate ``"d
 dim -1 and the first argument is the data batch. The S particles are drawn vectorised in an
 outer plate at dim -2, in chunks of at most ``batch_size`` (example, particle) pairs, so memory
 is bounded by ``batch_size`` whatever N and S are. Each chunk is one call of a jitted
-function (the last chunk is padded, so it compiles once).
+function (the last chunk is padded, so it compiles once), compiled once per model, guide
+and chunk shape: a second evaluation with the same model and guide objects reuses it.
+
+**Chunk size.** On a CPU the default is small, :data:`CPU_BATCH_SIZE` = 1000 pairs: the
+decoder's ``(pairs, D)`` activations (3 MB for MNIST) then stay in cache, and every
+elementwise pass (gates, the Bernoulli softplus, the log-sum-exp over the K components) reads
+cache instead of memory. With 20000 pairs (63 MB per activation) the same evaluation took
+1.4-1.6x as long on a 2-core CPU (``benchmarks/evaluate_speed.py --batch-size``). On a GPU
+the default is :data:`ACCELERATOR_BATCH_SIZE` = 20000 pairs, to keep it busy.
 
 **Parameters.** NumPyro keeps no global parameter store: pass the trained values as
 ``params=`` (the dict of :class:`~ppl_vae.numpyro.FitResult`, ``svi.get_params(state)``),
@@ -28,6 +36,7 @@ example; the resulting distributions are handed to each chunk as a pytree argume
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,9 +47,18 @@ from scipy.special import logsumexp
 
 from ppl_vae.numpyro.priors import _cached_priors
 
-__all__ = ["importance_log_weights", "importance_log_likelihood", "log_weight_chunks"]
+__all__ = ["importance_log_weights", "importance_log_likelihood", "log_weight_chunks",
+           "CPU_BATCH_SIZE", "ACCELERATOR_BATCH_SIZE"]
 
 _PARTICLES = "_ppl_vae_particles"
+
+CPU_BATCH_SIZE = 1000
+ACCELERATOR_BATCH_SIZE = 20000
+
+
+def _default_batch_size(device):
+    platform = (device if device is not None else jax.devices()[0]).platform
+    return CPU_BATCH_SIZE if platform == "cpu" else ACCELERATOR_BATCH_SIZE
 
 
 def _check_key(rng_key):
@@ -51,7 +69,7 @@ def _check_key(rng_key):
     return rng_key
 
 
-def _check_args(data, num_samples, batch_size):
+def _check_args(data, num_samples, batch_size, device):
     data = np.asarray(data)
     if data.ndim < 2:
         raise ValueError(f"data must have shape (N, ...) with N examples; got {data.shape}.")
@@ -60,10 +78,12 @@ def _check_args(data, num_samples, batch_size):
     data = data.astype(jnp.result_type(float), copy=False)
     if not np.isfinite(data).all():
         raise ValueError("data contains NaN or infinite values.")
+    if batch_size is None:
+        batch_size = _default_batch_size(device)
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return data
+    return data, batch_size
 
 
 def _bind(fn, params):
@@ -115,7 +135,31 @@ def _build_prior_cache(rng_key, model, params, x, args, kwargs):
     return entries
 
 
-def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batch_size=20000,
+# Both jitted functions live at module level and are compiled by ``eqx.filter_jit``: arrays
+# anywhere in the arguments (params, the prior cache, data, arrays in args/kwargs) are traced,
+# everything else (model, guide, Python scalars) is static and part of the compilation key. So
+# a second evaluation with the same model and guide objects and chunk shape reuses the
+# compiled code instead of compiling again (a closure jitted per call recompiled every time:
+# about 0.9 s per call on a 2-core CPU).
+@eqx.filter_jit
+def _prior_cache_jit(model, params, key, x, args, kwargs):
+    return _build_prior_cache(key, model, params, x, args, kwargs)
+
+
+@eqx.filter_jit
+def _log_weight_chunk(model, guide, params, cache, key, x, args, kwargs, particles_per_chunk,
+                      num_pieces, num_samples):
+    m, g = _bind(model, params), _bind(guide, params)
+    with _cached_priors(cache):
+        log_w = lax.map(
+            lambda k: _log_weights(k, m, g, x, particles_per_chunk, args, kwargs),
+            random.split(key, num_pieces),
+        )  # (pieces, P, n)
+    log_w = log_w.reshape(num_pieces * particles_per_chunk, x.shape[0])[:num_samples]
+    return log_w.T  # (n, S)
+
+
+def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batch_size=None,
                       params=None, device=None, **kwargs):
     """Yield ``(rows, log_w)``: a slice of example indices and their ``(n, num_samples)``
     log importance weights (NumPy), chunk by chunk (the streaming core of the two functions
@@ -123,7 +167,7 @@ def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batc
     how the caller consumes the generator.
     """
     _check_key(rng_key)
-    data = _check_args(data, num_samples, batch_size)
+    data, batch_size = _check_args(data, num_samples, batch_size, device)
     examples_per_chunk = max(1, batch_size // num_samples)
     particles_per_chunk = min(num_samples, batch_size)
     num_pieces = math.ceil(num_samples / particles_per_chunk)
@@ -132,21 +176,7 @@ def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batc
     def put(x):
         return jax.device_put(x, device) if device is not None else jnp.asarray(x)
 
-    cache = jax.jit(
-        lambda p, k, x: _build_prior_cache(k, model, p, x, args, kwargs)
-    )(params, key_cache, put(data[:1]))
-
-    @jax.jit
-    def chunk(p, cache, key, x):
-        m, g = _bind(model, p), _bind(guide, p)
-        with _cached_priors(cache):
-            log_w = lax.map(
-                lambda k: _log_weights(k, m, g, x, particles_per_chunk, args, kwargs),
-                random.split(key, num_pieces),
-            )  # (pieces, P, n)
-        log_w = log_w.reshape(num_pieces * particles_per_chunk, x.shape[0])[:num_samples]
-        return log_w.T  # (n, S)
-
+    cache = _prior_cache_jit(model, params, key_cache, put(data[:1]), args, kwargs)
     pending = None
     for i, start in enumerate(range(0, len(data), examples_per_chunk)):
         rows = slice(start, min(start + examples_per_chunk, len(data)))
@@ -154,7 +184,9 @@ def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batc
         n = len(x)
         if n < examples_per_chunk:  # pad the last chunk: one compiled shape for all chunks
             x = np.concatenate([x, np.repeat(x[-1:], examples_per_chunk - n, axis=0)])
-        out = chunk(params, cache, random.fold_in(key_chunks, i), put(x))
+        out = _log_weight_chunk(model, guide, params, cache, random.fold_in(key_chunks, i),
+                                put(x), args, kwargs, particles_per_chunk, num_pieces,
+                                num_samples)
         # Lag of one chunk: the next chunk is dispatched before this one is copied to host.
         if pending is not None:
             yield pending[0], np.asarray(pending[1])[:pending[2]]
@@ -163,7 +195,7 @@ def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batc
 
 
 def importance_log_weights(rng_key, model, guide, data, *args, num_samples=5000,
-                           batch_size=20000, params=None, device=None, **kwargs):
+                           batch_size=None, params=None, device=None, **kwargs):
     """The ``(N, num_samples)`` matrix of log importance weights
     ``log p(x_n, z_ns) - log q(z_ns | x_n)`` as a NumPy array (for Pareto k-hat diagnostics).
 
@@ -178,7 +210,7 @@ def importance_log_weights(rng_key, model, guide, data, *args, num_samples=5000,
 
 
 def importance_log_likelihood(rng_key, model, guide, data, *args, num_samples=5000,
-                              batch_size=20000, params=None, device=None,
+                              batch_size=None, params=None, device=None,
                               return_log_weights=False, **kwargs):
     """Per-example importance-sampled estimate of log p(x), a NumPy array of shape ``(N,)``.
 
@@ -195,6 +227,8 @@ def importance_log_likelihood(rng_key, model, guide, data, *args, num_samples=50
     :param data: ``(N, ...)`` array of examples.
     :param int num_samples: S, importance samples per example (5000 in the paper).
     :param int batch_size: the most (example, sample) pairs evaluated at once; bounds memory.
+        Default (None): :data:`CPU_BATCH_SIZE` on a CPU, :data:`ACCELERATOR_BATCH_SIZE`
+        otherwise.
     :param dict params: parameter values by NumPyro param name, substituted into model and
         guide (e.g. ``FitResult.params``); None to run them as they are.
     :param device: a ``jax.Device`` to put each chunk of data on (default: JAX's default).

@@ -10,6 +10,13 @@ guide must follow the plate convention: every sample site lies in the plate ``"d
 dim -1 and the first argument is the data batch. The S particles are drawn vectorised in an
 outer plate at dim -2, in chunks of at most ``batch_size`` (example, particle) pairs, so memory
 is bounded by ``batch_size`` whatever N and S are.
+
+**Chunk size.** On a CPU the default is small, :data:`CPU_BATCH_SIZE` = 1000 pairs: the
+decoder's ``(pairs, D)`` activations (3 MB for MNIST) then stay in cache, and every
+elementwise pass (gates, the Bernoulli softplus, the log-sum-exp over the K components) reads
+cache instead of memory. With 20000 pairs (63 MB per activation) the same evaluation took
+1.3-1.5x as long on a 2-core CPU (``benchmarks/evaluate_speed.py --batch-size``). On a GPU
+the default is :data:`ACCELERATOR_BATCH_SIZE` = 20000 pairs, to keep it busy.
 """
 
 import math
@@ -21,24 +28,35 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from scipy.special import logsumexp
 
-from ppl_vae.pyro.priors import prior_cache
+from ppl_vae.pyro.priors import _cached_priors
 
-__all__ = ["importance_log_weights", "importance_log_likelihood", "log_weight_chunks"]
+__all__ = ["importance_log_weights", "importance_log_likelihood", "log_weight_chunks",
+           "CPU_BATCH_SIZE", "ACCELERATOR_BATCH_SIZE"]
 
 _PARTICLES = "_ppl_vae_particles"
 
+CPU_BATCH_SIZE = 1000
+ACCELERATOR_BATCH_SIZE = 20000
 
-def _check_args(data, num_samples, batch_size):
+
+def _default_batch_size(data, device):
+    target = torch.device(device) if device is not None else data.device
+    return CPU_BATCH_SIZE if target.type == "cpu" else ACCELERATOR_BATCH_SIZE
+
+
+def _check_args(data, num_samples, batch_size, device):
     if not torch.is_tensor(data):
         data = torch.as_tensor(np.asarray(data), dtype=torch.get_default_dtype())
     if data.dim() < 2:
         raise ValueError(f"data must have shape (N, ...) with N examples; got {tuple(data.shape)}.")
     if not torch.isfinite(data).all():
         raise ValueError("data contains NaN or infinite values.")
+    if batch_size is None:
+        batch_size = _default_batch_size(data, device)
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return data
+    return data, batch_size
 
 
 def _site_log_prob(site, num_particles, num_examples):
@@ -69,26 +87,29 @@ def _log_weights(model, guide, x, num_particles, args, kwargs):
     return log_w
 
 
-def log_weight_chunks(model, guide, data, *args, num_samples=5000, batch_size=20000,
+def log_weight_chunks(model, guide, data, *args, num_samples=5000, batch_size=None,
                       device=None, **kwargs):
     """Yield ``(rows, log_w)``: a slice of example indices and their ``(n, num_samples)``
     log importance weights, chunk by chunk (the streaming core of the two functions below).
     """
-    data = _check_args(data, num_samples, batch_size)
+    data, batch_size = _check_args(data, num_samples, batch_size, device)
     examples_per_chunk = max(1, batch_size // num_samples)
     particles_per_chunk = min(num_samples, batch_size)
-    with prior_cache():
-        for start in range(0, len(data), examples_per_chunk):
-            rows = slice(start, min(start + examples_per_chunk, len(data)))
-            x = data[rows].to(device) if device is not None else data[rows]
-            pieces = []
+    priors = {}  # each Prior's distribution, built once for the whole evaluation
+    for start in range(0, len(data), examples_per_chunk):
+        rows = slice(start, min(start + examples_per_chunk, len(data)))
+        x = data[rows].to(device) if device is not None else data[rows]
+        pieces = []
+        # Entered per chunk, not around the loop: the caller runs between yields, and must
+        # find neither the cache nor no-grad mode switched on.
+        with _cached_priors(priors):
             for s in range(0, num_samples, particles_per_chunk):
                 n = min(particles_per_chunk, num_samples - s)
                 pieces.append(_log_weights(model, guide, x, n, args, kwargs))
-            yield rows, torch.cat(pieces, dim=0).T  # (n, S)
+        yield rows, torch.cat(pieces, dim=0).T  # (n, S)
 
 
-def importance_log_weights(model, guide, data, *args, num_samples=5000, batch_size=20000,
+def importance_log_weights(model, guide, data, *args, num_samples=5000, batch_size=None,
                            device=None, **kwargs):
     """The ``(N, num_samples)`` matrix of log importance weights
     ``log p(x_n, z_ns) - log q(z_ns | x_n)`` as a NumPy array (for Pareto k-hat diagnostics).
@@ -102,7 +123,7 @@ def importance_log_weights(model, guide, data, *args, num_samples=5000, batch_si
     return out
 
 
-def importance_log_likelihood(model, guide, data, *args, num_samples=5000, batch_size=20000,
+def importance_log_likelihood(model, guide, data, *args, num_samples=5000, batch_size=None,
                               device=None, return_log_weights=False, **kwargs):
     """Per-example importance-sampled estimate of log p(x), a NumPy array of shape ``(N,)``.
 
@@ -116,6 +137,8 @@ def importance_log_likelihood(model, guide, data, *args, num_samples=5000, batch
     :param data: ``(N, ...)`` tensor or array of examples.
     :param int num_samples: S, importance samples per example (5000 in the paper).
     :param int batch_size: the most (example, sample) pairs evaluated at once; bounds memory.
+        Default (None): :data:`CPU_BATCH_SIZE` on a CPU, :data:`ACCELERATOR_BATCH_SIZE`
+        otherwise.
     :param device: where to move each chunk of data (default: leave it where it is).
     :param bool return_log_weights: also return the ``(N, S)`` log-weights.
     :returns: ``log_px`` ``(N,)`` float64, or ``(log_px, log_weights)``.

@@ -43,12 +43,22 @@ def prior_cache():
 
     Only valid while parameters do not change (evaluation); gradients are not tracked.
     """
+    with _cached_priors({} if _CACHE is None else _CACHE):
+        yield
+
+
+@contextlib.contextmanager
+def _cached_priors(entries):
+    """Private: make ``entries`` (a dict ``id(prior) -> distribution``, filled as priors are
+    built) the active cache, gradients off. The caller owns the dict, so a generator can
+    re-enter it chunk by chunk instead of holding the context (and no-grad mode, which is
+    global state) across a ``yield``."""
     global _CACHE
     outer = _CACHE
-    _CACHE = {} if outer is None else outer
+    _CACHE = entries
     try:
         with torch.no_grad():
-            yield
+            yield entries
     finally:
         _CACHE = outer
 
