@@ -25,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import random
 
-from ppl_vae.numpyro.nets import MLP, _check_dims, _check_key, _Linear
+from ppl_vae._checks import check_dims, check_int
+from ppl_vae.numpyro.nets import MLP, _check_key, _Linear
 
 __all__ = ["ConditionalGaussian", "MultiInputDecoder", "hvae_posterior_means"]
 
@@ -93,9 +94,9 @@ class ConditionalGaussian(eqx.Module):
 
     def __init__(self, input_dims, latent_dim=40, hidden_dims=(300, 300), gated=True,
                  logvar_min=-6.0, logvar_max=2.0, *, rng_key=None):
-        self.input_dims = _check_dims("input_dims", input_dims)
-        self.latent_dim = _check_dims("latent_dim", latent_dim)[0]
-        hidden_dims = _check_dims("hidden_dims", hidden_dims)
+        self.input_dims = check_dims("input_dims", input_dims)
+        self.latent_dim = check_dims("latent_dim", latent_dim)[0]
+        hidden_dims = check_dims("hidden_dims", hidden_dims)
         # What LearnedVampPrior reads off its encoder.
         self.input_dim = self.input_dims[0] if len(self.input_dims) == 1 else None
         self.logvar_min, self.logvar_max = float(logvar_min), float(logvar_max)
@@ -130,10 +131,10 @@ class MultiInputDecoder(eqx.Module):
 
     def __init__(self, input_dims=(40, 40), output_dim=784, hidden_dims=(300, 300), gated=True,
                  params_per_pixel=1, *, rng_key=None):
-        self.input_dims = _check_dims("input_dims", input_dims)
-        self.output_dim = _check_dims("output_dim", output_dim)[0]
-        self.params_per_pixel = _check_dims("params_per_pixel", params_per_pixel)[0]
-        hidden_dims = _check_dims("hidden_dims", hidden_dims)
+        self.input_dims = check_dims("input_dims", input_dims)
+        self.output_dim = check_dims("output_dim", output_dim)[0]
+        self.params_per_pixel = check_dims("params_per_pixel", params_per_pixel)[0]
+        hidden_dims = check_dims("hidden_dims", hidden_dims)
         key_body, key_head = random.split(_check_key(rng_key))
         self.body = _MultiInputBody(self.input_dims, hidden_dims, gated, rng_key=key_body)
         self.head = _Linear(self.body.out_features, self.params_per_pixel * self.output_dim,
@@ -175,11 +176,8 @@ def hvae_posterior_means(rng_key, encoder, z1_encoder, x, num_samples=100, batch
         ``"encoder$params"`` and ``"z1_encoder$params"``); None for the modules as they are.
     :returns: ``(z1_means, z2_means)``, NumPy arrays ``(N, L1)`` and ``(N, L2)``.
     """
-    if num_samples is not None and (isinstance(num_samples, bool)
-                                    or not isinstance(num_samples, int) or num_samples <= 0):
-        raise ValueError(f"num_samples must be a positive int or None; got {num_samples!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    check_int("num_samples", num_samples, allow_none=True)
+    check_int("batch_size", batch_size)
     x = np.asarray(x, dtype=jnp.result_type(float))
     if x.ndim != 2:
         raise ValueError(f"x must have shape (N, D); got {x.shape}.")

@@ -24,17 +24,9 @@ import jax
 import jax.numpy as jnp
 from jax import random
 
+from ppl_vae._checks import check_dims
+
 __all__ = ["GatedDense", "MLP", "Encoder", "Decoder"]
-
-
-def _check_dims(name, value):
-    if isinstance(value, int):
-        value = (value,)
-    value = tuple(value)
-    if not value or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                            for v in value):
-        raise ValueError(f"{name} must be positive ints; got {value!r}.")
-    return value
 
 
 def _check_key(rng_key):
@@ -127,9 +119,9 @@ class Encoder(eqx.Module):
 
     def __init__(self, input_dim=784, latent_dim=40, hidden_dims=(300, 300), gated=True,
                  logvar_min=-6.0, logvar_max=2.0, *, rng_key=None):
-        self.input_dim = _check_dims("input_dim", input_dim)[0]
-        self.latent_dim = _check_dims("latent_dim", latent_dim)[0]
-        hidden_dims = _check_dims("hidden_dims", hidden_dims)
+        self.input_dim = check_dims("input_dim", input_dim)[0]
+        self.latent_dim = check_dims("latent_dim", latent_dim)[0]
+        hidden_dims = check_dims("hidden_dims", hidden_dims)
         self.logvar_min, self.logvar_max = float(logvar_min), float(logvar_max)
         key_body, key_head = random.split(_check_key(rng_key))
         self.body = MLP(self.input_dim, hidden_dims, gated, rng_key=key_body)
@@ -159,10 +151,10 @@ class Decoder(eqx.Module):
 
     def __init__(self, latent_dim=40, output_dim=784, hidden_dims=(300, 300), gated=True,
                  params_per_pixel=1, *, rng_key=None):
-        self.latent_dim = _check_dims("latent_dim", latent_dim)[0]
-        self.output_dim = _check_dims("output_dim", output_dim)[0]
-        self.params_per_pixel = _check_dims("params_per_pixel", params_per_pixel)[0]
-        hidden_dims = _check_dims("hidden_dims", hidden_dims)
+        self.latent_dim = check_dims("latent_dim", latent_dim)[0]
+        self.output_dim = check_dims("output_dim", output_dim)[0]
+        self.params_per_pixel = check_dims("params_per_pixel", params_per_pixel)[0]
+        hidden_dims = check_dims("hidden_dims", hidden_dims)
         key_body, key_head = random.split(_check_key(rng_key))
         self.body = MLP(self.latent_dim, hidden_dims, gated, rng_key=key_body)
         self.head = _Linear(hidden_dims[-1], self.params_per_pixel * self.output_dim,

@@ -30,6 +30,7 @@ from jax import random
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions import Categorical, MixtureSameFamily, Normal
 
+from ppl_vae._checks import check_int
 from ppl_vae.numpyro._mixture_math import diag_normal_mixture_log_prob
 from ppl_vae.numpyro.vamp_prior import vamp_prior
 
@@ -114,12 +115,6 @@ class Prior:
         return d
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return value
-
-
 def _check_key(name, rng_key):
     if rng_key is None:
         raise TypeError(
@@ -133,7 +128,7 @@ class StandardNormalPrior(Prior):
     """:math:`p(z) = N(0, I_L)`. ``TraceMeanField_ELBO`` uses the analytic KL with it."""
 
     def __init__(self, latent_dim=40):
-        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
+        self.latent_dim = check_int("latent_dim", latent_dim)
         self.loc = jnp.zeros(latent_dim)
 
     def build(self, modules):
@@ -179,8 +174,8 @@ class MixtureOfGaussiansPrior(Prior):
     """
 
     def __init__(self, latent_dim=40, num_components=500, init_loc_scale=1.0, rng_key=None):
-        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
-        num_components = _check_positive_int("num_components", num_components)
+        self.latent_dim = check_int("latent_dim", latent_dim)
+        num_components = check_int("num_components", num_components)
         rng_key = _check_key("MixtureOfGaussiansPrior", rng_key)
         self.params = _MixtureParams(
             logits=jnp.zeros(num_components),
@@ -227,10 +222,10 @@ class LearnedVampPrior(Prior):
 
     def __init__(self, encoder, num_pseudo=500, input_dim=None, init=None, init_loc=0.05,
                  init_scale=0.01, rng_key=None):
-        num_pseudo = _check_positive_int("num_pseudo", num_pseudo)
+        num_pseudo = check_int("num_pseudo", num_pseudo)
         if input_dim is None:
             input_dim = getattr(encoder, "input_dim", None)
-        input_dim = _check_positive_int("input_dim", input_dim)
+        input_dim = check_int("input_dim", input_dim)
         if init is None:
             rng_key = _check_key("LearnedVampPrior", rng_key)
             init = init_loc + init_scale * random.normal(rng_key, (num_pseudo, input_dim))
@@ -263,7 +258,7 @@ def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, rng_key=Non
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 2:
         raise ValueError(f"data must have shape (N, D); got {tuple(data.shape)}.")
-    num_pseudo = _check_positive_int("num_pseudo", num_pseudo)
+    num_pseudo = check_int("num_pseudo", num_pseudo)
     if data.shape[0] < num_pseudo:
         raise ValueError(
             f"vamp_data_prior needs at least num_pseudo = {num_pseudo} rows of data; "

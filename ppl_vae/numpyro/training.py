@@ -41,6 +41,7 @@ from numpyro.infer import SVI, Trace_ELBO
 from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
 
+from ppl_vae._checks import check_int
 from ppl_vae.numpyro.evaluation import _build_prior_cache
 from ppl_vae.numpyro.priors import _cached_priors
 
@@ -98,11 +99,6 @@ def _as_array(name, data, device):
     return jax.device_put(data, device)
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
-
-
 def _check_key(rng_key):
     if not isinstance(rng_key, (jax.Array, np.ndarray)):
         raise TypeError(f"rng_key must be a jax.random.PRNGKey; got {type(rng_key).__name__}.")
@@ -140,7 +136,7 @@ def elbo_per_example(rng_key, model, guide, data, elbo=None, batch_size=1000, *,
         the networks' initial weights or an already substituted model.
     """
     _check_key(rng_key)
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     data = _as_array("data", data, None)
     elbo = elbo or Trace_ELBO()
     fn = _elbo_sum_fn(model, guide, elbo, batch_size, len(data))
@@ -237,11 +233,11 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         last good epoch's and its checkpoints are kept.
     """
     _check_key(rng_key)
-    _check_int("num_epochs", num_epochs, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("warmup_epochs", warmup_epochs, 0)
+    check_int("num_epochs", num_epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("warmup_epochs", warmup_epochs, 0)
     if early_stopping is not None:
-        _check_int("early_stopping", early_stopping, 1)
+        check_int("early_stopping", early_stopping, 1)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
     if resume and checkpoint_dir is None:

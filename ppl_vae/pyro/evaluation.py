@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from scipy.special import logsumexp
 
+from ppl_vae._checks import check_int
 from ppl_vae.pyro.priors import _cached_priors
 
 __all__ = ["importance_log_weights", "importance_log_likelihood", "log_weight_chunks",
@@ -53,9 +54,8 @@ def _check_args(data, num_samples, batch_size, device):
         raise ValueError("data contains NaN or infinite values.")
     if batch_size is None:
         batch_size = _default_batch_size(data, device)
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive int; got {value!r}.")
+    check_int("num_samples", num_samples)
+    check_int("batch_size", batch_size)
     return data, batch_size
 
 

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ppl_vae.pyro.nets import MLP, _check_dims, _he_normal_
+from ppl_vae._checks import check_dims, check_int
+from ppl_vae.pyro.nets import MLP, _he_normal_
 
 __all__ = ["ConditionalGaussian", "MultiInputDecoder", "hvae_posterior_means"]
 
@@ -84,9 +85,9 @@ class ConditionalGaussian(nn.Module):
     def __init__(self, input_dims, latent_dim=40, hidden_dims=(300, 300), gated=True,
                  logvar_min=-6.0, logvar_max=2.0):
         super().__init__()
-        self.input_dims = _check_dims("input_dims", input_dims)
-        self.latent_dim = _check_dims("latent_dim", latent_dim)[0]
-        hidden_dims = _check_dims("hidden_dims", hidden_dims)
+        self.input_dims = check_dims("input_dims", input_dims)
+        self.latent_dim = check_dims("latent_dim", latent_dim)[0]
+        hidden_dims = check_dims("hidden_dims", hidden_dims)
         # What LearnedVampPrior reads off its encoder (input_dims[0] for one input, else None).
         self.input_dim = self.input_dims[0] if len(self.input_dims) == 1 else None
         self.logvar_min, self.logvar_max = float(logvar_min), float(logvar_max)
@@ -120,10 +121,10 @@ class MultiInputDecoder(nn.Module):
     def __init__(self, input_dims=(40, 40), output_dim=784, hidden_dims=(300, 300), gated=True,
                  params_per_pixel=1):
         super().__init__()
-        self.input_dims = _check_dims("input_dims", input_dims)
-        self.output_dim = _check_dims("output_dim", output_dim)[0]
-        self.params_per_pixel = _check_dims("params_per_pixel", params_per_pixel)[0]
-        hidden_dims = _check_dims("hidden_dims", hidden_dims)
+        self.input_dims = check_dims("input_dims", input_dims)
+        self.output_dim = check_dims("output_dim", output_dim)[0]
+        self.params_per_pixel = check_dims("params_per_pixel", params_per_pixel)[0]
+        hidden_dims = check_dims("hidden_dims", hidden_dims)
         self.body = _MultiInputBody(self.input_dims, hidden_dims, gated)
         self.head = _he_normal_(nn.Linear(self.body.out_features,
                                           self.params_per_pixel * self.output_dim))
@@ -154,11 +155,8 @@ def hvae_posterior_means(encoder, z1_encoder, x, num_samples=100, batch_size=100
     :param int num_samples: S, or None for the plug-in estimate.
     :returns: ``(z1_means, z2_means)``, NumPy arrays ``(N, L1)`` and ``(N, L2)``.
     """
-    if num_samples is not None and (isinstance(num_samples, bool)
-                                    or not isinstance(num_samples, int) or num_samples <= 0):
-        raise ValueError(f"num_samples must be a positive int or None; got {num_samples!r}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}.")
+    check_int("num_samples", num_samples, allow_none=True)
+    check_int("batch_size", batch_size)
     x = torch.as_tensor(x if torch.is_tensor(x) else np.asarray(x))
     if x.dim() != 2:
         raise ValueError(f"x must have shape (N, D); got {tuple(x.shape)}.")

@@ -22,6 +22,7 @@ import torch
 from pyro.distributions import Categorical, MixtureSameFamily, Normal
 from torch import nn
 
+from ppl_vae._checks import check_int
 from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
 from ppl_vae.pyro.vamp_prior import vamp_prior
 
@@ -88,18 +89,12 @@ class Prior(nn.Module):
         return d
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int; got {value!r}.")
-    return value
-
-
 class StandardNormalPrior(Prior):
     """:math:`p(z) = N(0, I_L)`. ``TraceMeanField_ELBO`` uses the analytic KL with it."""
 
     def __init__(self, latent_dim=40):
         super().__init__()
-        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
+        self.latent_dim = check_int("latent_dim", latent_dim)
         self.register_buffer("loc", torch.zeros(latent_dim))
 
     def build(self):
@@ -146,8 +141,8 @@ class MixtureOfGaussiansPrior(Prior):
 
     def __init__(self, latent_dim=40, num_components=500, init_loc_scale=1.0, generator=None):
         super().__init__()
-        self.latent_dim = _check_positive_int("latent_dim", latent_dim)
-        num_components = _check_positive_int("num_components", num_components)
+        self.latent_dim = check_int("latent_dim", latent_dim)
+        num_components = check_int("num_components", num_components)
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.loc = nn.Parameter(
             init_loc_scale * torch.randn(num_components, latent_dim, generator=generator)
@@ -190,10 +185,10 @@ class LearnedVampPrior(Prior):
     def __init__(self, encoder, num_pseudo=500, input_dim=None, init=None, init_loc=0.05,
                  init_scale=0.01, generator=None):
         super().__init__()
-        num_pseudo = _check_positive_int("num_pseudo", num_pseudo)
+        num_pseudo = check_int("num_pseudo", num_pseudo)
         if input_dim is None:
             input_dim = getattr(encoder, "input_dim", None)
-        input_dim = _check_positive_int("input_dim", input_dim)
+        input_dim = check_int("input_dim", input_dim)
         if init is None:
             init = init_loc + init_scale * torch.randn(num_pseudo, input_dim, generator=generator)
         elif tuple(init.shape) != (num_pseudo, input_dim):
@@ -223,7 +218,7 @@ def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, generator=N
     data = torch.as_tensor(data, dtype=torch.float32)
     if data.dim() != 2:
         raise ValueError(f"data must have shape (N, D); got {tuple(data.shape)}.")
-    num_pseudo = _check_positive_int("num_pseudo", num_pseudo)
+    num_pseudo = check_int("num_pseudo", num_pseudo)
     if data.shape[0] < num_pseudo:
         raise ValueError(
             f"vamp_data_prior needs at least num_pseudo = {num_pseudo} rows of data; "

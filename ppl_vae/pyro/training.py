@@ -28,6 +28,7 @@ from pyro import poutine
 from pyro.infer import Trace_ELBO
 from tqdm.auto import tqdm
 
+from ppl_vae._checks import check_int
 from ppl_vae.pyro.priors import prior_cache
 
 __all__ = ["fit", "FitResult", "TrainingDivergedError", "elbo_per_example", "warmup_beta"]
@@ -75,11 +76,6 @@ def _as_tensor(name, data, device):
     if not torch.isfinite(data).all():
         raise ValueError(f"{name} contains NaN or infinite values.")
     return data.to(device)
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}.")
 
 
 @torch.no_grad()
@@ -138,11 +134,11 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
     :raises TrainingDivergedError: if the loss turns NaN/inf; the last good epoch's parameters
         are restored and its checkpoints are kept.
     """
-    _check_int("num_epochs", num_epochs, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("warmup_epochs", warmup_epochs, 0)
+    check_int("num_epochs", num_epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("warmup_epochs", warmup_epochs, 0)
     if early_stopping is not None:
-        _check_int("early_stopping", early_stopping, 1)
+        check_int("early_stopping", early_stopping, 1)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
     if resume and checkpoint_dir is None:

@@ -1,0 +1,34 @@
+"""The shared argument checks: one wording in both backends, bools are not ints."""
+
+import pytest
+from jax import random
+
+import ppl_vae.numpyro as pn
+import ppl_vae.pyro as pp
+from ppl_vae._checks import check_dims, check_int
+
+
+def test_check_int_names_argument_expectation_and_value():
+    assert check_int("k", 3) == 3 and check_int("k", 0, minimum=0) == 0
+    assert check_int("k", None, allow_none=True) is None
+    with pytest.raises(ValueError, match=r"^k must be a positive int; got 0\.$"):
+        check_int("k", 0)
+    with pytest.raises(ValueError, match=r"^k must be an int >= 2; got 1\.$"):
+        check_int("k", 1, minimum=2)
+    with pytest.raises(ValueError, match=r"^k must be a positive int or None; got 'a'\.$"):
+        check_int("k", "a", allow_none=True)
+    with pytest.raises(ValueError, match="got True"):
+        check_int("k", True)
+    assert check_dims("h", 5) == (5,) and check_dims("h", [3, 4]) == (3, 4)
+    for bad in ((), (3, 0), (2.0,), (True,)):
+        with pytest.raises(ValueError, match="h must be positive ints"):
+            check_dims("h", bad)
+
+
+@pytest.mark.parametrize("bad", [(True,), (300, 0)])
+def test_both_backends_reject_the_same_widths_with_the_same_message(bad):
+    with pytest.raises(ValueError) as torch_err:
+        pp.Encoder(784, 40, bad)
+    with pytest.raises(ValueError) as jax_err:
+        pn.Encoder(784, 40, bad, rng_key=random.PRNGKey(0))
+    assert str(torch_err.value) == str(jax_err.value) == f"hidden_dims must be positive ints; got {bad!r}."
