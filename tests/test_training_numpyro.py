@@ -195,11 +195,11 @@ def test_bad_input(data, tmp_path):
     bad[3, 3] = np.inf
     with pytest.raises(ValueError, match="valid_data contains NaN or infinite"):
         fit(key, model, guide, train, bad, progress=False)
-    with pytest.raises(ValueError, match="num_epochs must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="num_epochs must be a positive int; got 0"):
         fit(key, model, guide, train, num_epochs=0)
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1; got True"):
+    with pytest.raises(ValueError, match="batch_size must be a positive int; got True"):
         fit(key, model, guide, train, batch_size=True)
-    with pytest.raises(ValueError, match="early_stopping must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="early_stopping must be a positive int; got 0"):
         fit(key, model, guide, train, early_stopping=0)
     with pytest.raises(ValueError, match="learning_rate must be > 0"):
         fit(key, model, guide, train, learning_rate=0.0)

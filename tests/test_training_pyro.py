@@ -130,7 +130,7 @@ def test_bad_input_raises_clear_errors():
     bad[3, 4] = float("nan")
     with pytest.raises(ValueError, match="train_data contains NaN"):
         fit(model, guide, bad, progress=False)
-    with pytest.raises(ValueError, match="num_epochs must be an int >= 1; got 0"):
+    with pytest.raises(ValueError, match="num_epochs must be a positive int; got 0"):
         fit(model, guide, _data(20), num_epochs=0, progress=False)
     with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
         fit(model, guide, _data(20), resume=True, progress=False)

@@ -136,7 +136,7 @@ def elbo_per_example(rng_key, model, guide, data, elbo=None, batch_size=1000, *,
         the networks' initial weights or an already substituted model.
     """
     _check_key(rng_key)
-    check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size)
     data = _as_array("data", data, None)
     elbo = elbo or Trace_ELBO()
     fn = _elbo_sum_fn(model, guide, elbo, batch_size, len(data))
@@ -233,11 +233,11 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         last good epoch's and its checkpoints are kept.
     """
     _check_key(rng_key)
-    check_int("num_epochs", num_epochs, 1)
-    check_int("batch_size", batch_size, 1)
+    check_int("num_epochs", num_epochs)
+    check_int("batch_size", batch_size)
     check_int("warmup_epochs", warmup_epochs, 0)
     if early_stopping is not None:
-        check_int("early_stopping", early_stopping, 1)
+        check_int("early_stopping", early_stopping)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
     if resume and checkpoint_dir is None:

@@ -134,11 +134,11 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
     :raises TrainingDivergedError: if the loss turns NaN/inf; the last good epoch's parameters
         are restored and its checkpoints are kept.
     """
-    check_int("num_epochs", num_epochs, 1)
-    check_int("batch_size", batch_size, 1)
+    check_int("num_epochs", num_epochs)
+    check_int("batch_size", batch_size)
     check_int("warmup_epochs", warmup_epochs, 0)
     if early_stopping is not None:
-        check_int("early_stopping", early_stopping, 1)
+        check_int("early_stopping", early_stopping)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
     if resume and checkpoint_dir is None:
