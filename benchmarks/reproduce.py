@@ -73,7 +73,7 @@ def main(argv=None):
         if args.max_train:
             budget += ["--max-train", str(args.max_train)]
         stated = (f"{args.epochs} epochs (warm-up {warmup}), {args.eval_samples} IS samples, "
-                  f"first {args.max_test} test images")
+                  f"a fixed random {args.max_test} of the test images")
     records = run(common + budget + ["--prior", *args.priors, "--out", str(out / "table1")])
 
     lines = [f"Budget: {stated}; backend {args.backend}, device {args.device}.", "",

@@ -17,6 +17,7 @@ Pareto k-hat, training history; dim ``prior``); checkpoints go to
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -27,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and guides/
 
-from ppl_vae.data import check_binary, load_dataset  # noqa: E402
+from ppl_vae.data import check_binary, load_dataset, subset_indices  # noqa: E402
 from ppl_vae.plotting import save_elbo_curves, save_image_grid, save_latent_figure  # noqa: E402
 
 try:  # Pareto k-hat and InferenceData need ArviZ (the "diagnostics" extra)
@@ -96,7 +97,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--max-train", type=int, default=None, help="use the first N training images")
-    p.add_argument("--max-test", type=int, default=None, help="evaluate the first N test images")
+    p.add_argument("--max-test", type=int, default=None, help="evaluate a fixed random subset of N test images (seed 0, the same "
+                        "for every run; the static-MNIST test file is grouped by digit, so "
+                        "its first N images are not a sample)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
     p.add_argument("--device", default=DEFAULTS["device"], help="cpu, cuda or cuda:N")
     p.add_argument("--out", default=DEFAULTS["out"], help="output directory")
@@ -130,8 +133,11 @@ def load_data(args):
     train, valid, test = data.train, data.valid, data.test
     if args.max_train:
         train = train[:args.max_train]
-    if args.max_test:
-        test = test[:args.max_test]
+    if args.max_test:  # a uniform subset; the training files are shuffled, first N is one
+        idx = subset_indices(len(test), args.max_test)
+        test = test[idx]
+        data = dataclasses.replace(data, test=test, test_labels=None if data.test_labels is None
+                                   else data.test_labels[idx])
     if args.likelihood == "bernoulli":
         for name, x in (("train", train), ("valid", valid), ("test", test)):
             check_binary(x, f"{args.dataset} {name} data")

@@ -483,3 +483,32 @@ def test_import_does_not_pull_torch_or_jax():
     env = dict(os.environ, PYTHONPATH=str(repo_root))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=repo_root)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_subset_indices_is_a_fixed_uniform_sample():
+    from ppl_vae.data import subset_indices
+
+    idx = subset_indices(10_000, 1000)
+    assert idx.shape == (1000,) and np.all(np.diff(idx) > 0) and 0 <= idx[0] and idx[-1] < 10_000
+    np.testing.assert_array_equal(idx, subset_indices(10_000, 1000))  # fixed seed
+    assert not np.array_equal(idx, subset_indices(10_000, 1000, seed=1))
+    np.testing.assert_array_equal(subset_indices(7, 9), np.arange(7))
+    # Uniform: each tenth of the range holds Binomial-like 100 +- 3 sd (sd ~ 9.5) indices.
+    counts = np.bincount(idx // 1000, minlength=10)
+    assert np.all(np.abs(counts - 100) < 3 * np.sqrt(1000 * 0.1 * 0.9)), counts
+    with pytest.raises(ValueError, match="n must be a positive int; got 0"):
+        subset_indices(10, 0)
+
+
+def test_static_mnist_test_file_is_grouped_so_subsets_must_be_random(shared_npz):
+    """The first 1000 test images are not a sample of the test set (they are mostly one
+    digit); subset_indices' 1000 are, within sampling error of the mean pixel."""
+    from ppl_vae.data import subset_indices
+
+    test = load_static_mnist(shared_npz.parent).test
+    per_image = test.mean(1)
+    n, N = 1000, len(test)
+    se = per_image.std() / np.sqrt(n) * np.sqrt(1 - n / N)  # finite-population correction
+    full = per_image.mean()
+    assert abs(per_image[subset_indices(N, n)].mean() - full) < 4 * se
+    assert abs(per_image[:n].mean() - full) > 10 * se

@@ -9,14 +9,15 @@ import torch
 
 from guides.vae_pyro import vae_guide
 from models.vae_pyro import vae_model
-from ppl_vae.data import load_static_mnist
+from ppl_vae.data import load_static_mnist, subset_indices
 from ppl_vae.pyro import (Decoder, Encoder, LearnedVampPrior, StandardNormalPrior, fit,
                           importance_log_likelihood)
 
 
 def test_vamp_prior_beats_standard_prior_at_equal_budget(static_mnist_dir):
     data = load_static_mnist(static_mnist_dir)
-    train, valid, test = data.train[:10_000], data.valid[:1000], data.test[:300]
+    test = data.test[subset_indices(len(data.test), 300)]  # the file is grouped by digit
+    train, valid = data.train[:10_000], data.valid[:1000]
     results = {}
     for name in ("standard", "vamp"):
         pyro.clear_param_store()
