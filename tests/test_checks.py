@@ -32,3 +32,13 @@ def test_both_backends_reject_the_same_widths_with_the_same_message(bad):
     with pytest.raises(ValueError) as jax_err:
         pn.Encoder(784, 40, bad, rng_key=random.PRNGKey(0))
     assert str(torch_err.value) == str(jax_err.value) == f"hidden_dims must be positive ints; got {bad!r}."
+
+
+def test_elbo_per_example_checks_batch_size_in_both_backends():
+    import numpy as np
+
+    x = np.zeros((4, 784), dtype=np.float32)
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive int; got 0\.$"):
+        pp.elbo_per_example(None, None, x, batch_size=0)
+    with pytest.raises(ValueError, match=r"^batch_size must be a positive int; got 0\.$"):
+        pn.elbo_per_example(random.PRNGKey(0), None, None, x, batch_size=0)

@@ -81,6 +81,7 @@ def _as_tensor(name, data, device):
 @torch.no_grad()
 def elbo_per_example(model, guide, data, elbo=None, batch_size=1000):
     """Mean single-sample ELBO per example of ``data`` (``model(x, None)``: full KL)."""
+    check_int("batch_size", batch_size)
     elbo = elbo or Trace_ELBO()
     total = 0.0
     with prior_cache():
