@@ -97,7 +97,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--max-train", type=int, default=None, help="use the first N training images")
-    p.add_argument("--max-test", type=int, default=None, help="evaluate a fixed random subset of N test images (seed 0, the same "
+    p.add_argument("--max-test", type=int, default=None,
+                   help="evaluate a fixed random subset of N test images (seed 0, the same "
                         "for every run; the static-MNIST test file is grouped by digit, so "
                         "its first N images are not a sample)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
