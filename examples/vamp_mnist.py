@@ -385,7 +385,7 @@ def latent_gmm(prior_name, r, data, args, out):
         n_components=args.latent_gmm, weight_concentration_prior_type="dirichlet_distribution",
         max_iter=300, random_state=args.seed).fit(r["train_codes"])
     clusters = gmm.predict(r["test_codes"])
-    labels = data.test_labels[:len(clusters)] if data.test_labels is not None else None
+    labels = data.test_labels  # subset with the test images by load_data
     ari = None if labels is None else float(adjusted_rand_score(labels, clusters))
     save_latent_figure(out / f"latent_gmm_{prior_name}.png", r["test_codes"], clusters, labels,
                        r["prior_locs"], gmm.means_, title=f"{prior_name} prior: latent means")
