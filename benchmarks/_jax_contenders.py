@@ -7,17 +7,13 @@ Run the comparison with ``python benchmarks/throughput.py``.
 """
 
 import math
-import os
-import sys
 from functools import partial
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from jax import lax, random  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax, random
 
 # ---- settings ---------------------------------------------------------------------------
 BATCH, K, LATENT, HIDDEN, INPUT = 100, 500, 40, 300, 784
@@ -36,8 +32,8 @@ def load_data(num):
 # ---- NumPyro ------------------------------------------------------------------------------
 def numpyro_runner(data):
     from ppl_vae import numpyro as pv
-    from models.vae_numpyro import vae_model
-    from guides.vae_numpyro import vae_guide
+    from ppl_vae.guides.vae_numpyro import vae_guide
+    from ppl_vae.models.vae_numpyro import vae_model
 
     k = random.split(random.PRNGKey(0), 3)
     enc = pv.Encoder(INPUT, LATENT, (HIDDEN, HIDDEN), rng_key=k[0])
@@ -48,6 +44,7 @@ def numpyro_runner(data):
     # The compiled epoch of ppl_vae.numpyro.fit itself (fit minus checkpoints/validation).
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.optim import optax_to_numpyro
+
     from ppl_vae.numpyro.training import _epoch_fn
     svi = SVI(model, guide, optax_to_numpyro(optax.adam(LR)), Trace_ELBO())
     x = jnp.asarray(data)

@@ -17,7 +17,6 @@ pseudo-inputs' encodings.
 import argparse
 import json
 import statistics
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -25,10 +24,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from throughput import BATCH, HIDDEN, INPUT, K, LATENT, gemm_rate  # noqa: E402,F401
+from throughput import BATCH, HIDDEN, INPUT, LATENT, K, gemm_rate  # noqa: E402,F401
 
 STATIC_MNIST = ROOT.parent / "shared" / "data"
 
@@ -53,8 +50,8 @@ def pyro_eval(x, num_samples, batch_size):
     import torch
 
     import ppl_vae.pyro as pv
-    from guides.vae_pyro import vae_guide
-    from models.vae_pyro import vae_model
+    from ppl_vae.guides.vae_pyro import vae_guide
+    from ppl_vae.models.vae_pyro import vae_model
 
     pyro.clear_param_store()
     torch.manual_seed(0)
@@ -70,8 +67,8 @@ def numpyro_eval(x, num_samples, batch_size):
     from jax import random
 
     import ppl_vae.numpyro as pv
-    from guides.vae_numpyro import vae_guide
-    from models.vae_numpyro import vae_model
+    from ppl_vae.guides.vae_numpyro import vae_guide
+    from ppl_vae.models.vae_numpyro import vae_model
 
     k = random.split(random.PRNGKey(0), 4)
     enc = pv.Encoder(INPUT, LATENT, rng_key=k[0])

@@ -29,23 +29,18 @@ import json
 import math
 import platform
 import statistics
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
-import numpy as np
+import pyro
 import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import pyro  # noqa: E402
-from pyro.infer import Trace_ELBO, TraceMeanField_ELBO  # noqa: E402
-
-import ppl_vae.pyro as pv  # noqa: E402
-from guides.vae_pyro import vae_guide  # noqa: E402
-from models.vae_pyro import vae_model  # noqa: E402
-from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob  # noqa: E402
+import ppl_vae.pyro as pv
+from ppl_vae.guides.vae_pyro import vae_guide
+from ppl_vae.models.vae_pyro import vae_model
+from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
 
 # ---- settings -----------------------------------------------------------------------------
 BATCH, K, LATENT, HIDDEN, INPUT, LR = 100, 500, 40, 300, 784, 5e-4
@@ -196,7 +191,6 @@ def jax_runners(data_np, steps):
         import jax  # noqa: F401
     except ImportError:
         return {}
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     import _jax_contenders as jc
 
     data = data_np[:steps * BATCH]

@@ -24,11 +24,9 @@ record per part) to ``--out``.
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pyro
 import pyro.distributions as dist
 import torch
@@ -39,11 +37,9 @@ from pyro.nn import AutoRegressiveNN
 from torch import nn
 from torch.distributions import Independent, Normal, constraints, register_kl
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere
-
-from ppl_vae.data import load_embedded_mnist  # noqa: E402
-from ppl_vae.metrics import active_units  # noqa: E402
-from ppl_vae.pyro import (  # noqa: E402
+from ppl_vae.data import load_embedded_mnist
+from ppl_vae.metrics import active_units
+from ppl_vae.pyro import (
     ConditionalGaussian,
     MultiInputDecoder,
     VampPrior,

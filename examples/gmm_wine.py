@@ -29,22 +29,18 @@ the K chosen by LOO), ``loo_compare.png`` (``az.plot_compare``) and ``forest.png
 
 import argparse
 import json
-import sys
-import warnings
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from sklearn.datasets import load_wine  # noqa: E402
-from sklearn.metrics import adjusted_rand_score  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn.datasets import load_wine
+from sklearn.metrics import adjusted_rand_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ppl_vae import diagnostics  # noqa: E402
-from ppl_vae.mixture import BayesianGaussianMixture, GaussianMixture  # noqa: E402
+from ppl_vae import diagnostics
+from ppl_vae.mixture import BayesianGaussianMixture, GaussianMixture
 
 # -----------------------------------------------------------------------------------------
 # Defaults
@@ -270,18 +266,10 @@ def main(argv=None):
     fig.savefig(out / "membership_intervals.png", dpi=80)
     plt.close(fig)
 
-    az = diagnostics._arviz().az  # the two figures below use ArviZ 0.x plotting
-    with warnings.catch_warnings():
-        # ArviZ 0.23 calls sort_values(inplace=True), which pandas >= 3.1 deprecates
-        warnings.filterwarnings("ignore", message="The inplace keyword in DataFrame")
-        ax = az.plot_compare(table, insample_dev=False, figsize=(6, 3))
-    ax.figure.savefig(out / "loo_compare.png", dpi=80, bbox_inches="tight")
-    plt.close(ax.figure)
-    axes = az.plot_forest(idatas[k_chosen], var_names=["weights", "means"], combined=True,
-                          hdi_prob=0.9, figsize=(6, 3.5))
-    axes[0].set_title(f"variational posterior, K = {k_chosen} (90% HDI)")
-    axes[0].figure.savefig(out / "forest.png", dpi=80, bbox_inches="tight")
-    plt.close(axes[0].figure)
+    diagnostics.plot_compare(table, out / "loo_compare.png")
+    diagnostics.plot_forest(idatas[k_chosen], ["weights", "means"], out / "forest.png",
+                            ci_prob=0.9,
+                            title=f"variational posterior, K = {k_chosen} (90% interval)")
 
     metrics = {
         "features": FEATURES, "num_bottles": int(X.shape[0]), "seed": args.seed,

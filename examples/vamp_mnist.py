@@ -19,21 +19,18 @@ Pareto k-hat, training history; dim ``prior``); checkpoints go to
 import argparse
 import dataclasses
 import json
-import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # models/ and guides/
-
-from ppl_vae.data import check_binary, load_dataset, subset_indices  # noqa: E402
-from ppl_vae.plotting import save_elbo_curves, save_image_grid, save_latent_figure  # noqa: E402
+from ppl_vae.data import check_binary, load_dataset, subset_indices
+from ppl_vae.plotting import save_elbo_curves, save_image_grid, save_latent_figure
 
 try:  # Pareto k-hat and InferenceData need ArviZ (the "diagnostics" extra)
-    from ppl_vae import diagnostics  # noqa: E402
-    from ppl_vae.diagnostics import psis_khat  # noqa: E402
+    from ppl_vae import diagnostics
+    from ppl_vae.diagnostics import psis_khat
 except ImportError:
     diagnostics = psis_khat = None
 
@@ -164,10 +161,10 @@ def run_pyro(prior_name, train, valid, test, args, out):
     from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
     import ppl_vae.pyro as pv
-    from guides.hvae_pyro import hvae_guide
-    from guides.vae_pyro import vae_guide
-    from models.hvae_pyro import hvae_model
-    from models.vae_pyro import vae_model
+    from ppl_vae.guides.hvae_pyro import hvae_guide
+    from ppl_vae.guides.vae_pyro import vae_guide
+    from ppl_vae.models.hvae_pyro import hvae_model
+    from ppl_vae.models.vae_pyro import vae_model
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
@@ -286,10 +283,10 @@ def run_numpyro(prior_name, train, valid, test, args, out):
     from numpyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
     import ppl_vae.numpyro as pv
-    from guides.hvae_numpyro import hvae_guide
-    from guides.vae_numpyro import vae_guide
-    from models.hvae_numpyro import hvae_model
-    from models.vae_numpyro import vae_model
+    from ppl_vae.guides.hvae_numpyro import hvae_guide
+    from ppl_vae.guides.vae_numpyro import vae_guide
+    from ppl_vae.models.hvae_numpyro import hvae_model
+    from ppl_vae.models.vae_numpyro import vae_model
 
     platform = "gpu" if args.device.startswith("cuda") else args.device
     try:
@@ -465,7 +462,7 @@ def main(argv=None):
               f"± {r['test_log_likelihood_sem']:.2f} | {share} | {au} | {r['epochs']} | "
               f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
     if args.latent_gmm:
-        print("\nBayesian GMM on the latent means (K = %d):" % args.latent_gmm)
+        print(f"\nBayesian GMM on the latent means (K = {args.latent_gmm}):")
         for r in records:
             ari = r.get("latent_gmm_ari")
             print(f"  {r['prior']}: {r['latent_gmm_components']} components used"

@@ -12,8 +12,8 @@ VampPrior, whose encoder is the guide's q(z2 | x))::
     from ppl_vae.metrics import active_units
     from ppl_vae.numpyro import (ConditionalGaussian, LearnedVampPrior, MultiInputDecoder, fit,
                                  hvae_posterior_means, importance_log_likelihood)
-    from models.hvae_numpyro import hvae_model
-    from guides.hvae_numpyro import hvae_guide
+    from ppl_vae.models.hvae_numpyro import hvae_model
+    from ppl_vae.guides.hvae_numpyro import hvae_guide
 
     D, L1, L2, K = 784, 40, 40, 500
     k = random.split(random.PRNGKey(0), 5)

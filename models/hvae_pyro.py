@@ -11,8 +11,8 @@ VampPrior on top, in a few lines::
     from ppl_vae.metrics import active_units
     from ppl_vae.pyro import (ConditionalGaussian, LearnedVampPrior, MultiInputDecoder, fit,
                               hvae_posterior_means, importance_log_likelihood)
-    from models.hvae_pyro import hvae_model
-    from guides.hvae_pyro import hvae_guide
+    from ppl_vae.models.hvae_pyro import hvae_model
+    from ppl_vae.guides.hvae_pyro import hvae_guide
 
     D, L1, L2, K = 784, 40, 40, 500
     encoder = ConditionalGaussian(D, L2)            # q(z2 | x): two gated 300 layers

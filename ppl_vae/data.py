@@ -24,9 +24,9 @@ Example::
 
 **References**
 
-[1] H. Larochelle and I. Murray, "The Neural Autoregressive Distribution Estimator",
-    AISTATS 2011.
-[2] J. M. Tomczak and M. Welling, "VAE with a VampPrior", AISTATS 2018.
+1. H. Larochelle and I. Murray, "The Neural Autoregressive Distribution Estimator",
+   AISTATS 2011.
+2. J. M. Tomczak and M. Welling, "VAE with a VampPrior", AISTATS 2018.
 """
 
 from __future__ import annotations

@@ -20,11 +20,16 @@ applied, so torch CPU tensors and jax arrays work too).
   the column names of ArviZ 0.x whatever the version;
 - :func:`save`, :func:`load` -- netCDF.
 
-ArviZ 0.x (0.23 on Python 3.11) is what runs here. ArviZ 1.x (Python >= 3.12) changes a
-few calls (``from_dict`` takes one nested dict and returns an ``xarray.DataTree``; no
-top-level ``psislw``; ``arviz_stats`` wants negated log weights; group access; column
-names of ``compare``). Those calls, and only those, go through :class:`_ArviZ` below, which
-picks its branch from ``arviz.__version__``.
+Both ArviZ 0.x (pip gives 0.23 on Python 3.11) and 1.x (1.3 on Python 3.12 and 3.13) are
+supported and tested (``tests/test_diagnostics_versions.py`` checks both against closed
+forms and against 0.23's values for the same inputs). ArviZ 1.x changes a few calls
+(``from_dict`` takes one nested dict and returns an ``xarray.DataTree``; no top-level
+``psislw``; ``arviz_stats`` wants negated log weights; group access; ``compare`` rounds
+its table, flips the sign of ``elpd_diff`` and renames columns; plotting moved to
+arviz-plots). Those calls, and only those, go through :class:`_ArviZ` below, which picks
+its branch from ``arviz.__version__``. What still differs, within the math's tolerance:
+the Pareto tail is one draw shorter under 1.x (k-hat moves by about 1e-3 at S = 5000), and
+1.x's LOO standard errors divide by N rather than N - 1 (a factor sqrt(N / (N - 1))).
 
 Thresholds (Vehtari et al. [1]): ``k < 0.5`` the importance-sampling estimate converges
 quickly; ``0.5 <= k <= 0.7`` it converges, slowly (more samples help); ``k > 0.7`` the
@@ -55,6 +60,8 @@ __all__ = [
     "variational_khat",
     "loo",
     "compare",
+    "plot_compare",
+    "plot_forest",
     "group_names",
     "group",
     "concat",
@@ -62,10 +69,14 @@ __all__ = [
     "load",
     "KHAT_GOOD",
     "KHAT_BAD",
+    "MIN_KHAT_SAMPLES",
 ]
 
 KHAT_GOOD = 0.5  # below: fast convergence of the importance-sampling estimate
 KHAT_BAD = 0.7  # above: unreliable estimate
+# Fewer importance samples than this leave under 5 draws in the Pareto tail (S / 5 of them
+# for S <= 225), too few to fit: k-hat is reported as inf, in every ArviZ version.
+MIN_KHAT_SAMPLES = 25
 
 # --------------------------------------------------------------------------------------
 # the ArviZ adapter: every call whose API differs between ArviZ 0.x and 1.x lives here
@@ -85,11 +96,19 @@ class _ArviZ:
 
     def psis_khat(self, log_weights):
         """k-hat along the last axis of ``log_weights`` (..., S); shape (...)."""
+        if log_weights.shape[-1] < MIN_KHAT_SAMPLES:
+            # fewer than 5 tail draws: no tail to fit. ArviZ 0.x returns inf, arviz-stats
+            # raises; one answer for both
+            return np.full(log_weights.shape[:-1], np.inf)
         if self.modern:
             from arviz_stats.base import array_stats
 
             # arviz-stats smooths log-likelihood-like input and negates it internally
             _, khat = array_stats.psislw(-log_weights, r_eff=1.0, axis=-1)
+            # arviz-stats gives NaN where the tail is too degenerate to fit (its first
+            # quartile equals its minimum); 0.x gives a number. Either way the estimate
+            # cannot be trusted: inf, like a tail too short to fit
+            khat = np.where(np.isnan(khat), np.inf, khat)
         else:
             # ArviZ 0.x smooths along the last axis of a NumPy array (its docstring:
             # "the last dimension will be interpreted as __sample__") and loops over the
@@ -164,14 +183,63 @@ class _ArviZ:
                 np.asarray(result["pareto_k"]).ravel())
 
     def compare(self, models, ic="loo"):
-        """``az.compare`` with 0.x column names: rank, elpd_loo, p_loo, elpd_diff, weight,
-        se, dse, warning."""
+        """``az.compare`` with 0.x column names and conventions: rank, elpd_loo, p_loo,
+        elpd_diff (>= 0, the best model's elpd minus this one's), weight, se, dse,
+        warning."""
         if self.modern:
-            table = self.az.compare(models)
-            return table.rename(columns={"elpd": "elpd_loo", "p": "p_loo"})
+            # arviz-stats rounds the table for display by default and reports elpd_diff
+            # as this model minus the best (<= 0); unrounded and 0.x's sign here
+            table = self.az.compare(models, round_to="none")
+            table = table.rename(columns={"elpd": "elpd_loo", "p": "p_loo"})
+            table["elpd_diff"] = 0.0 - table["elpd_diff"]  # 0.0 - 0.0 is +0.0
+            # 0.x's warning: some pointwise k-hat above the good-k threshold, which 1.x
+            # spells out in diag_elpd ("3 k-hat > 0.70")
+            table["warning"] = table["diag_elpd"].fillna("").astype(str) != ""
+            first = [c for c in _COMPARE_COLUMNS if c in table.columns]
+            return table[first + [c for c in table.columns if c not in first]]
         return self.az.compare(models, ic=ic)
 
 
+    def plot_compare(self, table, path):
+        """The ``az.compare`` table (in :meth:`compare`'s 0.x convention) as a figure."""
+        if self.modern:
+            import arviz_plots as azp
+
+            # back to arviz-stats' own convention, which arviz-plots reads
+            native = table.rename(columns={"elpd_loo": "elpd", "p_loo": "p"})
+            native["elpd_diff"] = 0.0 - native["elpd_diff"]
+            collection = azp.plot_compare(native, backend="matplotlib",
+                                          figure_kwargs={"figsize": (6, 3)})
+            figure = collection.get_viz("figure")
+            figure.savefig(path, dpi=80, bbox_inches="tight")
+            return figure
+        ax = self.az.plot_compare(table, insample_dev=False, figsize=(6, 3))
+        ax.figure.savefig(path, dpi=80, bbox_inches="tight")
+        return ax.figure
+
+    def plot_forest(self, data, var_names, ci_prob, path, title=None):
+        """Credible intervals of ``var_names`` (one chain combined) as a forest plot."""
+        if self.modern:
+            import arviz_plots as azp
+
+            collection = azp.plot_forest(data, var_names=list(var_names), combined=True,
+                                         ci_probs=[0.5, ci_prob], backend="matplotlib",
+                                         figure_kwargs={"figsize": (6, 3.5)})
+            figure = collection.get_viz("figure")
+            if title:
+                figure.suptitle(title)
+            figure.savefig(path, dpi=80, bbox_inches="tight")
+            return figure
+        axes = self.az.plot_forest(data, var_names=list(var_names), combined=True,
+                                   hdi_prob=ci_prob, figsize=(6, 3.5))
+        if title:
+            axes[0].set_title(title)
+        axes[0].figure.savefig(path, dpi=80, bbox_inches="tight")
+        return axes[0].figure
+
+
+_COMPARE_COLUMNS = ("rank", "elpd_loo", "p_loo", "elpd_diff", "weight", "se", "dse",
+                    "warning", "scale")
 _ADAPTER = None
 
 
@@ -227,7 +295,10 @@ def psis_khat(log_weights):
         with ``np.asarray``). Each row is smoothed along its last axis. ``-inf`` entries
         (zero weights) are allowed; NaN and ``+inf`` are not.
     :returns: NumPy array (N,) (the leading shape of ``log_weights``). ``inf`` where
-        S is too small for a tail fit (fewer than 5 tail draws: S < 25 or so).
+        S is too small for a tail fit (S < ``MIN_KHAT_SAMPLES`` = 25: fewer than 5 tail
+        draws). The tail is the largest ``min(S/5, 3 sqrt(S))`` weights, rounded up by
+        ArviZ 0.x and down by arviz-stats (1.x): the two differ by one tail draw, which
+        moves k-hat by well under its own standard error (about ``(1 + k) / sqrt(tail)``).
     :raises ValueError: for a scalar input or NaN / ``+inf`` entries.
     """
     log_weights = np.array(log_weights, dtype=float)  # a copy: ArviZ 0.19 smoothed in place
@@ -562,6 +633,36 @@ def compare(models):
         # ArviZ 0.23 calls sort_values(inplace=True), which pandas >= 3.1 deprecates
         warnings.filterwarnings("ignore", message=r"The inplace keyword in DataFrame")
         return _arviz().compare(dict(models))
+
+
+def plot_compare(table, path):
+    """The figure of a :func:`compare` table (``az.plot_compare`` under ArviZ 0.x,
+    ``arviz_plots.plot_compare`` under 1.x), saved to ``path``.
+
+    :param table: the DataFrame :func:`compare` returned.
+    :param path: where to save the figure (png).
+    :returns: the matplotlib Figure.
+    """
+    with warnings.catch_warnings():
+        # ArviZ 0.23 calls sort_values(inplace=True), which pandas >= 3.1 deprecates
+        warnings.filterwarnings("ignore", message=r"The inplace keyword in DataFrame")
+        return _arviz().plot_compare(table, path)
+
+
+def plot_forest(data, var_names, path, ci_prob=0.9, title=None):
+    """Forest plot of the posterior variables ``var_names`` (chains combined) with
+    ``ci_prob`` credible intervals, saved to ``path``.
+
+    :param data: InferenceData / DataTree with a ``posterior`` group, e.g. from
+        :func:`gmm_inference_data`.
+    :param var_names: names of posterior variables.
+    :param path: where to save the figure (png).
+    :param float ci_prob: mass of the outer interval (HDI under 0.x, ArviZ 1.x's default
+        interval kind under 1.x).
+    :param str title: optional title.
+    :returns: the matplotlib Figure.
+    """
+    return _arviz().plot_forest(data, var_names, ci_prob, path, title=title)
 
 
 def group_names(data):

@@ -40,7 +40,7 @@ import numbers
 import warnings
 
 import numpy as np
-from scipy.special import betaln, digamma, gammaln, multigammaln, logsumexp
+from scipy.special import betaln, digamma, gammaln, logsumexp, multigammaln
 from sklearn.base import BaseEstimator
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
@@ -237,7 +237,7 @@ class _BaseMixture(BaseEstimator):
             resp = self._initial_resp(X, random_state)
             state = self._m_step(Xc, resp, shift)
             bound, history, converged = -np.inf, [], False
-            for n_iter in range(1, self.max_iter + 1):
+            for n_iter in range(1, self.max_iter + 1):  # noqa: B007 (read after the loop)
                 previous = bound
                 log_norm, resp, neg_entropy = self._e_step(Xc, state, shift)
                 state, bound = self._m_step_and_bound(Xc, resp, neg_entropy, log_norm, state,
@@ -255,7 +255,7 @@ class _BaseMixture(BaseEstimator):
             warnings.warn(
                 "Best performing initialization did not converge. Try different init "
                 "parameters, or increase max_iter, tol, or check for degenerate data.",
-                ConvergenceWarning,
+                ConvergenceWarning, stacklevel=2,
             )
         self._set_state(state, shift)
         self.lower_bound_ = best_bound

@@ -10,7 +10,6 @@ estimate is within Monte Carlo error of it.
 import math
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -126,8 +125,8 @@ def test_chunks_cover_every_example_once():
 
 def test_vamp_prior_encodings_built_once(monkeypatch):
     """The fixed VampPrior is built once per call, not once per chunk."""
-    from models.vae_numpyro import vae_model
-    from guides.vae_numpyro import vae_guide
+    from ppl_vae.guides.vae_numpyro import vae_guide
+    from ppl_vae.models.vae_numpyro import vae_model
     from ppl_vae.numpyro import Decoder
 
     k = random.split(random.PRNGKey(0), 3)

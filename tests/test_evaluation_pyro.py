@@ -8,10 +8,16 @@ import pyro.distributions as dist
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from guides.vae_pyro import vae_guide
-from models.vae_pyro import vae_model
-from ppl_vae.pyro import (Decoder, Encoder, LearnedVampPrior, StandardNormalPrior,
-                          importance_log_likelihood, importance_log_weights)
+from ppl_vae.guides.vae_pyro import vae_guide
+from ppl_vae.models.vae_pyro import vae_model
+from ppl_vae.pyro import (
+    Decoder,
+    Encoder,
+    LearnedVampPrior,
+    StandardNormalPrior,
+    importance_log_likelihood,
+    importance_log_weights,
+)
 
 L, D, SIGMA = 2, 5, 0.5
 
@@ -135,7 +141,7 @@ def test_evaluation_builds_no_autograd_graph_and_leaves_grad_mode_alone():
 
     W, b = (t.requires_grad_() for t in _ppca(2))
     x, _ = _data(W.detach(), b.detach(), n=5)
-    for rows, log_w in log_weight_chunks(ppca_model, exact_guide, x, W, b, num_samples=20,
+    for _rows, log_w in log_weight_chunks(ppca_model, exact_guide, x, W, b, num_samples=20,
                                          batch_size=40):
         assert not log_w.requires_grad and log_w.grad_fn is None
         assert torch.is_grad_enabled()

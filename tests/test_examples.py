@@ -52,14 +52,15 @@ def test_vamp_mnist(tmp_path, backend):
         assert r["model"] == "vae" and 0 <= r["active_units"] <= 40
         assert 0 <= r["khat_above_0_7"] <= 1
         assert -1 <= r["latent_gmm_ari"] <= 1 and 1 <= r["latent_gmm_components"] <= 5
-    import arviz as az
+    from ppl_vae import diagnostics
 
-    idata = az.from_netcdf(tmp_path / "inference_data.nc")
-    assert {"log_likelihood", "importance", "training"} <= set(idata.groups())
-    assert list(idata.log_likelihood.x.coords["prior"].values) == ["standard", "mog", "vamp",
-                                                                   "vamp-data"]
-    assert idata.log_likelihood.x.shape == (4, 1, 1, 20) and idata.training.train_loss.shape == (4, 2)
-    ll = idata.log_likelihood.x.values[:, 0, 0, :].mean(-1)
+    idata = diagnostics.load(tmp_path / "inference_data.nc")
+    assert {"log_likelihood", "importance", "training"} <= set(diagnostics.group_names(idata))
+    x = diagnostics.group(idata, "log_likelihood")["x"]
+    assert list(x.coords["prior"].values) == ["standard", "mog", "vamp", "vamp-data"]
+    assert x.shape == (4, 1, 1, 20)
+    assert diagnostics.group(idata, "training")["train_loss"].shape == (4, 2)
+    ll = x.values[:, 0, 0, :].mean(-1)
     assert [round(v, 6) for v in ll] == [round(r["test_log_likelihood"], 6) for r in records]
     for name in ["elbo_curves.png", "samples_vamp.png", "reconstructions_standard.png",
                  "pseudo_inputs_vamp.png", "pseudo_inputs_vamp-data.png", "latent_gmm_vamp.png"]:

@@ -14,9 +14,9 @@ from pyro.optim import ClippedAdam  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.metrics import adjusted_rand_score  # noqa: E402
 
-from guides.gmm_pyro import gmm_guide  # noqa: E402
-from models.gmm_pyro import gmm_model, gmm_prior  # noqa: E402
+from ppl_vae.guides.gmm_pyro import gmm_guide  # noqa: E402
 from ppl_vae.mixture import BayesianGaussianMixture  # noqa: E402
+from ppl_vae.models.gmm_pyro import gmm_model, gmm_prior  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -16,8 +16,8 @@ from numpyro.distributions import MultivariateNormal, Normal
 from numpyro.infer import Trace_ELBO
 from scipy.stats import multivariate_normal
 
-from guides.hvae_numpyro import hvae_guide
-from models.hvae_numpyro import hvae_model
+from ppl_vae.guides.hvae_numpyro import hvae_guide
+from ppl_vae.models.hvae_numpyro import hvae_model
 from ppl_vae.numpyro import (
     ConditionalGaussian,
     LearnedVampPrior,

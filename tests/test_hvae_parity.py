@@ -17,10 +17,10 @@ import ppl_vae.numpyro as pn
 import ppl_vae.numpyro.hvae
 import ppl_vae.pyro as pp
 import ppl_vae.pyro.hvae
-from guides.hvae_numpyro import hvae_guide as guide_n
-from guides.hvae_pyro import hvae_guide as guide_p
-from models.hvae_numpyro import hvae_model as model_n
-from models.hvae_pyro import hvae_model as model_p
+from ppl_vae.guides.hvae_numpyro import hvae_guide as guide_n
+from ppl_vae.guides.hvae_pyro import hvae_guide as guide_p
+from ppl_vae.models.hvae_numpyro import hvae_model as model_n
+from ppl_vae.models.hvae_pyro import hvae_model as model_p
 
 RTOL = 1e-6
 D, L1, L2, K, N = 20, 3, 4, 7, 6

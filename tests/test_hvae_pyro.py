@@ -13,8 +13,8 @@ from pyro.distributions import MultivariateNormal, Normal
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from scipy.stats import multivariate_normal
 
-from guides.hvae_pyro import hvae_guide
-from models.hvae_pyro import hvae_model
+from ppl_vae.guides.hvae_pyro import hvae_guide
+from ppl_vae.models.hvae_pyro import hvae_model
 from ppl_vae.pyro import (
     ConditionalGaussian,
     LearnedVampPrior,

@@ -16,10 +16,10 @@ from pyro import poutine
 
 import ppl_vae.numpyro as pn
 import ppl_vae.pyro as pp
-from guides.vae_numpyro import vae_guide as guide_n
-from guides.vae_pyro import vae_guide as guide_p
-from models.vae_numpyro import vae_model as model_n
-from models.vae_pyro import vae_model as model_p
+from ppl_vae.guides.vae_numpyro import vae_guide as guide_n
+from ppl_vae.guides.vae_pyro import vae_guide as guide_p
+from ppl_vae.models.vae_numpyro import vae_model as model_n
+from ppl_vae.models.vae_pyro import vae_model as model_p
 
 RTOL = 1e-6
 D, L, K, N = 20, 3, 7, 6

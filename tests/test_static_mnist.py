@@ -7,11 +7,17 @@ import numpy as np
 import pyro
 import torch
 
-from guides.vae_pyro import vae_guide
-from models.vae_pyro import vae_model
 from ppl_vae.data import load_static_mnist, subset_indices
-from ppl_vae.pyro import (Decoder, Encoder, LearnedVampPrior, StandardNormalPrior, fit,
-                          importance_log_likelihood)
+from ppl_vae.guides.vae_pyro import vae_guide
+from ppl_vae.models.vae_pyro import vae_model
+from ppl_vae.pyro import (
+    Decoder,
+    Encoder,
+    LearnedVampPrior,
+    StandardNormalPrior,
+    fit,
+    importance_log_likelihood,
+)
 
 
 def test_vamp_prior_beats_standard_prior_at_equal_budget(static_mnist_dir):

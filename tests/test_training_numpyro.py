@@ -12,8 +12,8 @@ import numpyro
 import pytest
 from jax import random
 
-from guides.vae_numpyro import vae_guide
-from models.vae_numpyro import vae_model
+from ppl_vae.guides.vae_numpyro import vae_guide
+from ppl_vae.models.vae_numpyro import vae_model
 from ppl_vae.numpyro import (
     Decoder,
     Encoder,

@@ -6,11 +6,19 @@ import pyro
 import pytest
 import torch
 
-from guides.vae_pyro import vae_guide
-from models.vae_pyro import vae_model
-from ppl_vae.pyro import (Decoder, Encoder, LearnedVampPrior, StandardNormalPrior,
-                          MixtureOfGaussiansPrior, TrainingDivergedError, fit, vamp_data_prior,
-                          warmup_beta)
+from ppl_vae.guides.vae_pyro import vae_guide
+from ppl_vae.models.vae_pyro import vae_model
+from ppl_vae.pyro import (
+    Decoder,
+    Encoder,
+    LearnedVampPrior,
+    MixtureOfGaussiansPrior,
+    StandardNormalPrior,
+    TrainingDivergedError,
+    fit,
+    vamp_data_prior,
+    warmup_beta,
+)
 
 D, L = 30, 3
 

@@ -6,8 +6,14 @@ Equinox modules (:mod:`ppl_vae.numpyro.nets`) and trained parameters are passed 
 (``params=``), since NumPyro keeps no global parameter store.
 """
 
+from ppl_vae.numpyro.evaluation import (
+    importance_log_likelihood,
+    importance_log_weights,
+    log_weight_chunks,
+)
+from ppl_vae.numpyro.hvae import ConditionalGaussian, MultiInputDecoder, hvae_posterior_means
 from ppl_vae.numpyro.likelihoods import DiscretizedLogistic, bernoulli, discretized_logistic
-from ppl_vae.numpyro.vamp_prior import VampPrior, vamp_prior
+from ppl_vae.numpyro.nets import MLP, Decoder, Encoder, GatedDense
 from ppl_vae.numpyro.priors import (
     LearnedVampPrior,
     MixtureOfGaussiansPrior,
@@ -16,12 +22,6 @@ from ppl_vae.numpyro.priors import (
     prior_cache,
     vamp_data_prior,
 )
-from ppl_vae.numpyro.nets import MLP, Decoder, Encoder, GatedDense
-from ppl_vae.numpyro.evaluation import (
-    importance_log_likelihood,
-    importance_log_weights,
-    log_weight_chunks,
-)
 from ppl_vae.numpyro.training import (
     FitResult,
     TrainingDivergedError,
@@ -29,7 +29,7 @@ from ppl_vae.numpyro.training import (
     fit,
     warmup_beta,
 )
-from ppl_vae.numpyro.hvae import ConditionalGaussian, MultiInputDecoder, hvae_posterior_means
+from ppl_vae.numpyro.vamp_prior import VampPrior, vamp_prior
 
 __all__ = [
     "VampPrior",

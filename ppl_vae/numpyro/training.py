@@ -256,7 +256,7 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
                 rng_key = jnp.asarray(state["rng_key"])  # continue the checkpoint's streams
             else:
                 warnings.warn(f"resume=True but {ckpt_dir / 'last.pkl'} does not exist; "
-                              "starting from scratch.")
+                              "starting from scratch.", stacklevel=2)
     key_init, key_perm, key_valid = random.split(rng_key, 3)
 
     svi = SVI(model, guide, optax_to_numpyro(optax.adam(learning_rate)), elbo)

@@ -3,8 +3,14 @@
 Mirror image of :mod:`ppl_vae.numpyro`: same module names, same public names.
 """
 
+from ppl_vae.pyro.evaluation import (
+    importance_log_likelihood,
+    importance_log_weights,
+    log_weight_chunks,
+)
+from ppl_vae.pyro.hvae import ConditionalGaussian, MultiInputDecoder, hvae_posterior_means
 from ppl_vae.pyro.likelihoods import DiscretizedLogistic, bernoulli, discretized_logistic
-from ppl_vae.pyro.vamp_prior import VampPrior, vamp_prior
+from ppl_vae.pyro.nets import MLP, Decoder, Encoder, GatedDense
 from ppl_vae.pyro.priors import (
     LearnedVampPrior,
     MixtureOfGaussiansPrior,
@@ -13,11 +19,14 @@ from ppl_vae.pyro.priors import (
     prior_cache,
     vamp_data_prior,
 )
-from ppl_vae.pyro.nets import MLP, Decoder, Encoder, GatedDense
-from ppl_vae.pyro.evaluation import (importance_log_likelihood, importance_log_weights,
-                                     log_weight_chunks)
-from ppl_vae.pyro.training import FitResult, TrainingDivergedError, elbo_per_example, fit, warmup_beta
-from ppl_vae.pyro.hvae import ConditionalGaussian, MultiInputDecoder, hvae_posterior_means
+from ppl_vae.pyro.training import (
+    FitResult,
+    TrainingDivergedError,
+    elbo_per_example,
+    fit,
+    warmup_beta,
+)
+from ppl_vae.pyro.vamp_prior import VampPrior, vamp_prior
 
 __all__ = [
     "VampPrior",

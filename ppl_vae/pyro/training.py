@@ -172,7 +172,7 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
                     torch.cuda.set_rng_state(state["cuda_rng"], device)
                 history, start_epoch, best = state["history"], state["epoch"] + 1, state["best"]
             else:
-                warnings.warn(f"resume=True but {last} does not exist; starting from scratch.")
+                warnings.warn(f"resume=True but {last} does not exist; starting from scratch.", stacklevel=2)
 
     num_train = len(train_data)
     num_batches = math.ceil(num_train / batch_size)

@@ -1,0 +1,35 @@
+"""Write diagnostics_reference.json: what ArviZ 0.x gives for the inputs of
+tests/test_diagnostics_versions.py. Run it under ArviZ 0.23 (Python 3.11 here):
+
+    python tests/data/make_diagnostics_reference.py
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import arviz
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # the test module, a sibling folder
+
+import test_diagnostics_versions as t  # noqa: E402
+
+from ppl_vae import diagnostics  # noqa: E402
+
+if int(arviz.__version__.split(".")[0]) >= 1:
+    sys.exit(f"run this under ArviZ 0.x; found {arviz.__version__}")
+right, _ = t.normal_model_fit(1.0)
+wrong, _ = t.normal_model_fit(2.0)
+loo = diagnostics.loo(right)
+table = diagnostics.compare({"right": right, "wrong": wrong})
+reference = {
+    "arviz": arviz.__version__,
+    "khat": {str(k): float(diagnostics.psis_khat(t.pareto_log_weights(k)[None])[0])
+             for k in t.SHAPES},
+    "loo": {key: loo[key] for key in ("elpd_loo", "se", "p_loo")},
+    "compare": {"elpd_diff": float(table.loc["wrong", "elpd_diff"]),
+                "dse": float(table.loc["wrong", "dse"])},
+}
+(HERE / "diagnostics_reference.json").write_text(json.dumps(reference, indent=2) + "\n")
+print(json.dumps(reference, indent=2))
