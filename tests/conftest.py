@@ -29,3 +29,15 @@ def static_mnist_dir():
     if not STATIC_MNIST.exists():
         pytest.skip(f"static MNIST not found at {STATIC_MNIST}")
     return STATIC_MNIST.parent
+
+
+@pytest.fixture
+def float64():
+    """Checks against closed forms in float64 (Pyro): data go to torch's default dtype, as
+    NumPyro's go to JAX's, so it is float64 for the test, and restored after."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

@@ -5,6 +5,7 @@ from functools import partial
 import numpy as np
 import pyro
 import pyro.distributions as dist
+import pytest
 import torch
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
@@ -60,6 +61,7 @@ def _data(W, b, n=30):
     return x, exact.log_prob(x).numpy()
 
 
+@pytest.mark.usefixtures("float64")
 def test_exact_with_the_true_posterior():
     W, b = _ppca()
     x, log_px = _data(W, b)
@@ -70,6 +72,7 @@ def test_exact_with_the_true_posterior():
     np.testing.assert_allclose(est, log_px, rtol=1e-10)
 
 
+@pytest.mark.usefixtures("float64")
 def test_within_monte_carlo_error_with_another_guide():
     W, b = _ppca(1)
     x, log_px = _data(W, b)
@@ -112,7 +115,10 @@ def test_vamp_prior_encodes_pseudo_inputs_once_per_evaluation():
     x = (torch.rand(12, 20) < 0.3).float()
     ll = importance_log_likelihood(model, guide, x, num_samples=10, batch_size=40)  # 3 chunks
     assert np.isfinite(ll).all()
-    assert calls.count(7) == 1  # the K = 7 pseudo-inputs: once, not once per chunk
+    # the K = 7 pseudo-inputs: once by the check on two rows that runs before the work, and
+    # once for the whole evaluation, not once per chunk
+    assert calls.count(7) == 2
+    assert calls[:2] == [2, 7]  # the check: the guide on two rows, then the prior
 
 
 def test_trace_and_meanfield_elbo_agree_in_expectation():
@@ -134,6 +140,7 @@ def test_trace_and_meanfield_elbo_agree_in_expectation():
         assert abs(m1 - m2) < 5 * (s1**2 + s2**2) ** 0.5 + 1e-6
 
 
+@pytest.mark.usefixtures("float64")
 def test_evaluation_builds_no_autograd_graph_and_leaves_grad_mode_alone():
     """Parameters that require grad give log-weights without a graph (no saved activations
     per chunk), and grad mode is as the caller left it while the generator is suspended."""
@@ -147,6 +154,7 @@ def test_evaluation_builds_no_autograd_graph_and_leaves_grad_mode_alone():
         assert torch.is_grad_enabled()
 
 
+@pytest.mark.usefixtures("float64")
 def test_default_chunk_size_on_cpu():
     from ppl_vae.pyro.evaluation import CPU_BATCH_SIZE
 

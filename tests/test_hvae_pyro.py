@@ -133,6 +133,7 @@ def _data(marginal, n=4, seed=1):
     return np.random.default_rng(seed).multivariate_normal(mu_x, S_xx, size=n) + 0.5
 
 
+@pytest.mark.usefixtures("float64")
 def test_importance_log_likelihood_exact_full_covariance_posterior():
     p = general_params(np.random.default_rng(0))
     marginal, post2, post1 = linear_gaussian(**p)
@@ -147,6 +148,7 @@ def test_importance_log_likelihood_exact_full_covariance_posterior():
     np.testing.assert_allclose(ll, expected, rtol=1e-12, atol=1e-11)
 
 
+@pytest.mark.usefixtures("float64")
 def test_importance_log_likelihood_exact_with_hvae_guide():
     """The library's guide (diagonal Gaussians) with linear encoders at the exact posterior."""
     p = diagonal_params()

@@ -2,7 +2,6 @@
 uninterrupted run, divergence handling, checkpoints, bad input."""
 
 import math
-import pickle
 from functools import partial
 
 import jax
@@ -12,6 +11,7 @@ import numpyro
 import pytest
 from jax import random
 
+from ppl_vae.checkpoint import load_checkpoint
 from ppl_vae.guides.vae_numpyro import vae_guide
 from ppl_vae.models.vae_numpyro import vae_model
 from ppl_vae.numpyro import (
@@ -87,7 +87,8 @@ def test_fit_decreases_loss_and_follows_warmup(data, full_run):
     assert isinstance(result, FitResult)
     assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
     assert [h["beta"] for h in result.history] == [0.5, 1.0, 1.0, 1.0]
-    assert set(result.history[0]) == {"epoch", "beta", "train_loss", "valid_elbo", "seconds"}
+    assert set(result.history[0]) == {"epoch", "beta", "learning_rate", "train_loss", "valid_elbo",
+                                     "seconds"}
     losses = [h["train_loss"] for h in result.history]
     assert losses[-1] < losses[0]
     # From the end of warm-up the KL weight is fixed, and the loss decreases every epoch.
@@ -141,7 +142,7 @@ def test_resume_is_identical_to_uninterrupted_run(data, full_run, tmp_path):
     assert [{k: v for k, v in h.items() if k != "seconds"} for h in resumed.history] == strip
     assert resumed.best_epoch == full.best_epoch
     _assert_params_equal(resumed.params, full.params)
-    assert (tmp_path / "part" / "last.pkl").exists() and (tmp_path / "part" / "best.pkl").exists()
+    assert (tmp_path / "part" / "last.npz").exists() and (tmp_path / "part" / "best.npz").exists()
     assert not list((tmp_path / "part").glob("*.tmp"))
 
 
@@ -169,15 +170,16 @@ def test_nan_loss_raises_and_keeps_checkpoint(data, tmp_path):
     with pytest.raises(TrainingDivergedError, match="epoch 2") as info:
         fit(random.PRNGKey(0), model, guide, train[:100], num_epochs=5, batch_size=50,
             warmup_epochs=4, checkpoint_dir=tmp_path, progress=False)
-    with open(tmp_path / "last.pkl", "rb") as f:
-        last = pickle.load(f)
-    assert last["epoch"] == 0 and len(last["history"]) == 1  # epoch 1 kept, epoch 2 not saved
+    arrays, meta = load_checkpoint(tmp_path / "last.npz", backend="numpyro")
+    assert meta["epoch"] == 1 and len(meta["history"]) == 1  # epoch 1 kept, epoch 2 not saved
     good = info.value.params
     assert set(good) == {"decoder$params", "encoder$params", "pseudo_inputs$params"}
     leaves = jax.tree_util.tree_leaves(good)
     assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in leaves)
-    for saved, leaf in zip(last["params"], leaves):
-        np.testing.assert_array_equal(saved, np.asarray(leaf))
+    saved = [v for k, v in arrays.items() if k.startswith("params/")]
+    assert len(saved) == len(leaves)
+    for saved_leaf, leaf in zip(saved, leaves):
+        np.testing.assert_array_equal(saved_leaf, np.asarray(leaf))
     # Without a checkpoint directory the error still carries the last good parameters.
     with pytest.raises(TrainingDivergedError) as info:
         fit(random.PRNGKey(0), model, guide, train[:100], num_epochs=5, batch_size=50,
@@ -201,7 +203,7 @@ def test_bad_input(data, tmp_path):
         fit(key, model, guide, train, batch_size=True)
     with pytest.raises(ValueError, match="early_stopping must be a positive int; got 0"):
         fit(key, model, guide, train, early_stopping=0)
-    with pytest.raises(ValueError, match="learning_rate must be > 0"):
+    with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
         fit(key, model, guide, train, learning_rate=0.0)
     with pytest.raises(ValueError, match="resume=True needs a checkpoint_dir"):
         fit(key, model, guide, train, resume=True)

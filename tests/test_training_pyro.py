@@ -6,6 +6,7 @@ import pyro
 import pytest
 import torch
 
+from ppl_vae.checkpoint import load_checkpoint
 from ppl_vae.guides.vae_pyro import vae_guide
 from ppl_vae.models.vae_pyro import vae_model
 from ppl_vae.pyro import (
@@ -67,10 +68,11 @@ def test_best_checkpoint_is_reloaded(tmp_path):
     x = _data()
     result = fit(model, guide, x[:150], x[150:], num_epochs=4, learning_rate=3e-3,
                  checkpoint_dir=tmp_path, progress=False)
-    best = torch.load(tmp_path / "best.pt", weights_only=False)
-    assert best["epoch"] == result.best_epoch
+    arrays, meta = load_checkpoint(tmp_path / "best.npz", backend="pyro")
+    assert meta["epoch"] == result.best_epoch and meta["kind"] == "best"
     for name, value in pyro.get_param_store().named_parameters():
-        torch.testing.assert_close(value.detach(), best["params"][name], rtol=0, atol=0)
+        torch.testing.assert_close(value.detach(), torch.as_tensor(arrays[f"params/{name}"]),
+                                   rtol=0, atol=0)
 
 
 def test_resume_gives_the_same_result_as_an_uninterrupted_run(tmp_path):
@@ -123,11 +125,12 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
         with pytest.raises(TrainingDivergedError, match="epoch 3"):
             fit(model, guide, _data(100), num_epochs=5, batch_size=20,
                 checkpoint_dir=tmp_path, progress=False)
-    last = torch.load(tmp_path / "last.pt", weights_only=False)
-    assert last["epoch"] == 1  # 0-based: epochs 1 and 2 completed
+    arrays, meta = load_checkpoint(tmp_path / "last.npz", backend="pyro")
+    assert meta["epoch"] == 2  # epochs 1 and 2 completed
     for name, value in pyro.get_param_store().named_parameters():
         assert torch.isfinite(value).all()
-        torch.testing.assert_close(value.detach(), last["params"][name], rtol=0, atol=0)
+        torch.testing.assert_close(value.detach(), torch.as_tensor(arrays[f"params/{name}"]),
+                                   rtol=0, atol=0)
 
 
 def test_bad_input_raises_clear_errors():

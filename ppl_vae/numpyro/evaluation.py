@@ -45,8 +45,9 @@ from jax import lax, random
 from numpyro import handlers
 from scipy.special import logsumexp
 
-from ppl_vae._checks import check_int
+from ppl_vae._checks import check_data, check_int
 from ppl_vae.numpyro.priors import _cached_priors
+from ppl_vae.numpyro.validation import check_model_on_data
 
 __all__ = ["importance_log_weights", "importance_log_likelihood", "log_weight_chunks",
            "CPU_BATCH_SIZE", "ACCELERATOR_BATCH_SIZE"]
@@ -71,14 +72,10 @@ def _check_key(rng_key):
 
 
 def _check_args(data, num_samples, batch_size, device):
-    data = np.asarray(data)
-    if data.ndim < 2:
-        raise ValueError(f"data must have shape (N, ...) with N examples; got {data.shape}.")
-    if data.shape[0] == 0:
-        raise ValueError(f"data must have at least one example; got shape {data.shape}.")
-    data = data.astype(jnp.result_type(float), copy=False)
-    if not np.isfinite(data).all():
-        raise ValueError("data contains NaN or infinite values.")
+    check_data("data", data, matrix=False)
+    if hasattr(data, "detach"):  # a torch tensor
+        data = data.detach().cpu().numpy()
+    data = np.asarray(data).astype(jnp.result_type(float), copy=False)
     if batch_size is None:
         batch_size = _default_batch_size(device)
     check_int("num_samples", num_samples)
@@ -168,6 +165,14 @@ def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batc
     """
     _check_key(rng_key)
     data, batch_size = _check_args(data, num_samples, batch_size, device)
+    # validated now, not at the first chunk: the generator below runs lazily
+    check_model_on_data(model, guide, data, "data", *args, params=params, **kwargs)
+    return _chunks(rng_key, model, guide, data, args, kwargs, num_samples, batch_size, params,
+                   device)
+
+
+def _chunks(rng_key, model, guide, data, args, kwargs, num_samples, batch_size, params,
+            device):
     examples_per_chunk = max(1, batch_size // num_samples)
     particles_per_chunk = min(num_samples, batch_size)
     num_pieces = math.ceil(num_samples / particles_per_chunk)

@@ -25,8 +25,6 @@ carries the last good parameters as ``.params``.
 """
 
 import math
-import os
-import pickle
 import time
 import warnings
 from pathlib import Path
@@ -38,36 +36,59 @@ import numpy as np
 import optax
 from jax import lax, random
 from numpyro.infer import SVI, Trace_ELBO
+from numpyro.infer.elbo import ELBO
 from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
 
-from ppl_vae._checks import check_int
+from ppl_vae._checks import (
+    COLLAPSED_NATS_PER_DIM,
+    EXPLODED_NATS_PER_DIM,
+    check_data,
+    check_int,
+    check_positive_float,
+)
+from ppl_vae.checkpoint import (
+    CheckpointError,
+    check_resumable,
+    legacy_checkpoints,
+    load_checkpoint,
+    param_signature,
+    save_checkpoint,
+)
 from ppl_vae.numpyro.evaluation import _build_prior_cache
 from ppl_vae.numpyro.priors import _cached_priors
+from ppl_vae.numpyro.validation import check_model_on_data
 
-__all__ = ["fit", "FitResult", "TrainingDivergedError", "elbo_per_example", "warmup_beta"]
+__all__ = ["fit", "FitResult", "TrainingDivergedError", "elbo_per_example", "warmup_beta",
+           "load_params"]
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite. ``.params`` holds the last good epoch's parameters
-    (None if no epoch finished), and its checkpoints on disk are kept."""
+    """Training diverged: a NaN or infinite loss or gradient at some step, a loss that
+    exploded, or a validation ELBO that collapsed (the rules: :mod:`ppl_vae._checks`).
 
-    def __init__(self, message, params=None):
+    ``.params`` holds the last good epoch's parameters (the initial ones if none finished);
+    the checkpoints on disk are those of the last good epoch. ``.epoch`` and ``.step`` say
+    where it happened (1-based; ``.step`` None for a collapse)."""
+
+    def __init__(self, message, params=None, epoch=None, step=None):
         super().__init__(message)
-        self.params = params
+        self.params, self.epoch, self.step = params, epoch, step
 
 
 class FitResult(NamedTuple):
     """What :func:`fit` returns.
 
-    :ivar list history: one dict per epoch: ``epoch``, ``beta``, ``train_loss`` (the scaled
-        negative ELBO per example), ``valid_elbo`` (full ELBO per example, or None), ``seconds``.
+    :ivar list history: one dict per epoch: ``epoch``, ``beta``, ``learning_rate``,
+        ``train_loss`` (the scaled negative ELBO per example), ``valid_elbo`` (full ELBO per
+        example, or None), ``seconds``.
     :ivar int best_epoch: the epoch whose parameters are in ``params``.
     :ivar float best_valid_elbo: its validation ELBO (None without validation data).
     :ivar bool stopped_early: True when early stopping ended the run.
-    :ivar checkpoint_dir: where ``last.pkl`` and ``best.pkl`` were written (or None).
+    :ivar checkpoint_dir: where ``last.npz`` and ``best.npz`` were written (or None).
     :ivar dict params: the best epoch's parameters by NumPyro param name (constrained values,
         as ``svi.get_params`` returns them), for ``handlers.substitute`` or ``params=``.
+    :ivar dict config: the run's configuration, as stored in its checkpoints.
     """
 
     history: list
@@ -76,6 +97,7 @@ class FitResult(NamedTuple):
     stopped_early: bool
     checkpoint_dir: object
     params: dict
+    config: dict = None
 
 
 def warmup_beta(epoch, warmup_epochs):
@@ -86,16 +108,16 @@ def warmup_beta(epoch, warmup_epochs):
     return min(1.0, (epoch + 1) / warmup_epochs)
 
 
-def _as_array(name, data, device):
-    # Validated here, eagerly: NumPyro's checks give NaN instead of an error inside jit.
+def _as_array(name, data, device, num_features=None):
+    """Validated ``(N, D)`` data as a float array on ``device`` (eagerly: NumPyro's checks
+    give NaN instead of an error inside jit); arrays and tensors of any float or integer
+    dtype alike."""
     if data is None:
         return None
-    data = np.asarray(data)
-    if data.ndim != 2 or data.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (N, D) with N >= 1; got {tuple(data.shape)}.")
-    data = data.astype(jnp.result_type(float), copy=False)
-    if not np.isfinite(data).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
+    check_data(name, data, num_features)
+    if hasattr(data, "detach"):  # a torch tensor
+        data = data.detach().cpu().numpy()
+    data = np.asarray(data).astype(jnp.result_type(float), copy=False)
     return jax.device_put(data, device)
 
 
@@ -143,54 +165,104 @@ def elbo_per_example(rng_key, model, guide, data, elbo=None, batch_size=1000, *,
     return -float(fn(rng_key, params or {}, data)) / len(data)
 
 
-def _save(path, obj):
-    # Write then rename: an interrupt mid-write never leaves a truncated checkpoint.
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
-
-
-def _load(path):
-    with open(path, "rb") as f:
-        return pickle.load(f)
-
-
 def _leaves(tree):
-    """Host copies of a pytree's leaves: picklable, and safe from buffer donation."""
+    """Host copies of a pytree's leaves: safe from buffer donation."""
     return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(jax.device_get(tree))]
+
+
+def _host_params(params):
+    """Host copies of the leaves of a params dict, by path (``['decoder$params'].layers[0]
+    .weight``: an ``eqx_module`` parameter is a whole pytree of arrays)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(jax.device_get(params))
+    return {jax.tree_util.keystr(path): np.array(leaf) for path, leaf in flat}
+
+
+def _params_tree(params_def, names, flat, path):
+    """Rebuild a params pytree from :func:`_host_params`'s dict (``names`` in leaf order)."""
+    missing = [n for n in names if n not in flat]
+    if missing:
+        raise CheckpointError(f"{path} lacks parameters {missing[:3]}: it was written for a "
+                              "different model.")
+    return jax.tree_util.tree_unflatten(params_def, [jnp.asarray(flat[n]) for n in names])
 
 
 def _unflatten(treedef, leaves, what, path):
     if treedef.num_leaves != len(leaves):
-        raise ValueError(
+        raise CheckpointError(
             f"{path} holds {what} with {len(leaves)} arrays; this model/guide has "
-            f"{treedef.num_leaves}: it was written for a different model."
-        )
+            f"{treedef.num_leaves}: it was written for a different model.")
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(x) for x in leaves])
 
 
-def _epoch_fn(svi, num_train, batch_size):
-    """Jitted ``(svi_state, key, beta, data) -> (svi_state, summed loss)``: one epoch of
-    minibatch ``svi.update`` steps over a permutation drawn from ``key``, inside the device
-    (``lax.fori_loop``; the last, smaller minibatch has its own static shape)."""
+def _key_data(rng_key):
+    if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
+        rng_key = random.key_data(rng_key)
+    return np.asarray(rng_key).tolist()
+
+
+def load_params(path, model, guide, data, *args):
+    """The parameters of a checkpoint (``best.npz`` or ``last.npz``) for the same model and
+    guide, e.g. to evaluate a trained model without training; for ``params=`` of the
+    evaluation functions or ``handlers.substitute``.
+
+    :param model: the model the checkpoint was trained with (``model(x, *args)``).
+    :param guide: its guide.
+    :param data: a few rows ``(n, D)``: one trace of the pair gives the parameters' structure.
+    :param args: the model's other arguments (e.g. ``beta``, default 1).
+    :returns: ``(params, meta)``: the constrained parameter values by name and the
+        checkpoint's metadata (``epoch``, ``config``, ...).
+    :raises CheckpointError: unreadable, written by the Pyro backend, or for another model.
+    """
+    arrays, meta = load_checkpoint(path, backend="numpyro")
+    args = args or (jnp.asarray(1.0),)
+    svi = SVI(model, guide, optax_to_numpyro(optax.adam(1e-3)), Trace_ELBO())
+    template = svi.get_params(svi.init(random.PRNGKey(0), jnp.asarray(data[:2]), *args))
+    names = list(_host_params(template))
+    flat = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    check_resumable(path, {"config": {}, "signature": meta.get("signature", {})}, {},
+                    param_signature(_host_params(template)))
+    return _params_tree(jax.tree_util.tree_structure(template), names, flat, path), meta
+
+
+def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization):
+    """Jitted ``(svi_state, key, beta, data) -> (svi_state, summed loss, first bad step, its
+    loss)``: one epoch of minibatch SVI steps over a permutation drawn from ``key``, inside
+    the device (``lax.fori_loop``; the last, smaller minibatch has its own static shape).
+
+    Each step is ``svi.stable_update``, which leaves the state alone when the loss or a
+    gradient is not finite; a step whose loss per example exceeds ``exploded`` counts as bad
+    too, and from the first bad step (0-based, -1 if none) on no step updates the state.
+    With ``dynamic_binarization`` each minibatch is a fresh Bernoulli draw of its grey
+    levels, keyed by the epoch's key and the step."""
     num_full, rem = divmod(num_train, batch_size)
 
     def run_epoch(svi_state, key, beta, data):
-        perm = random.permutation(key, num_train)
+        key_perm, key_bits = random.split(key)
+        perm = random.permutation(key_perm, num_train)
 
-        def step(i, carry):
-            svi_state, total = carry
-            x = data[lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)]
-            svi_state, loss = svi.update(svi_state, x, beta)
-            return svi_state, total + loss
+        def step(i, x, carry):
+            svi_state, total, bad, bad_loss = carry
+            if dynamic_binarization:
+                x = random.bernoulli(random.fold_in(key_bits, i), x).astype(x.dtype)
+            new_state, loss = lax.cond(
+                bad < 0, lambda s: svi.stable_update(s, x, beta),
+                lambda s: (s, jnp.asarray(jnp.nan, total.dtype)), svi_state)
+            is_bad = (bad < 0) & (~jnp.isfinite(loss) | (loss / x.shape[0] > exploded))
+            bad_loss = jnp.where(is_bad, loss, bad_loss)
+            bad = jnp.where(is_bad, i, bad)
+            total = total + jnp.where(bad < 0, loss, 0.0)
+            return new_state, total, bad, bad_loss
 
-        carry = (svi_state, jnp.zeros((), data.dtype))
-        svi_state, total = lax.fori_loop(0, num_full, step, carry)
+        def full_step(i, carry):
+            return step(i, data[lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)],
+                        carry)
+
+        zero = jnp.zeros((), data.dtype)
+        carry = (svi_state, zero, jnp.asarray(-1), zero)
+        carry = lax.fori_loop(0, num_full, full_step, carry)
         if rem:
-            svi_state, loss = svi.update(svi_state, data[perm[num_full * batch_size:]], beta)
-            total = total + loss
-        return svi_state, total
+            carry = step(num_full, data[perm[num_full * batch_size:]], carry)
+        return carry
 
     # Donating the state lets XLA update parameters and Adam moments in place.
     return jax.jit(run_epoch, donate_argnums=0)
@@ -198,11 +270,18 @@ def _epoch_fn(svi, num_train, batch_size):
 
 def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size=100,
         learning_rate=5e-4, elbo=None, warmup_epochs=0, early_stopping=None,
-        checkpoint_dir=None, resume=False, device=None, progress=True, description="train"):
+        checkpoint_dir=None, resume=False, device=None, progress=True, description="train",
+        config=None, dynamic_binarization=False):
     """Train ``model``/``guide`` by SVI on ``train_data``; return a :class:`FitResult`.
 
     ``FitResult.params`` holds the parameters of the best epoch (highest validation ELBO; the
     last epoch without validation data).
+
+    Everything is validated before the first step, as in the Pyro backend and with the same
+    messages: the arguments, the data (shape, finite values, the same D in both splits, the
+    support of the model's likelihood: binary data for a Bernoulli), and one eager run of
+    the model and guide on two rows (a width that does not match D fails there). A
+    ``batch_size`` above N trains on one batch of all N examples per epoch.
 
     Example::
 
@@ -214,9 +293,9 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
 
     :param rng_key: ``jax.random.PRNGKey``: initialisation, shuffling, ELBO samples.
     :param model: ``model(x, beta)``, e.g. a ``functools.partial`` of
-        ``models.vae_numpyro.vae_model``.
+        ``ppl_vae.models.vae_numpyro.vae_model``.
     :param guide: ``guide(x, beta)``.
-    :param train_data: ``(N, D)`` array.
+    :param train_data: ``(N, D)`` array (any float or integer dtype, or a torch tensor).
     :param valid_data: optional ``(M, D)``; its full ELBO drives early stopping and the best
         checkpoint.
     :param elbo: a NumPyro ELBO instance (default ``Trace_ELBO()``); ``TraceMeanField_ELBO()``
@@ -224,109 +303,186 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     :param int warmup_epochs: KL warm-up length (0: none).
     :param int early_stopping: stop after this many epochs past warm-up without a better
         validation ELBO (None: never).
-    :param checkpoint_dir: directory for ``last.pkl`` (every epoch: SVI state, key, history)
-        and ``best.pkl`` (best parameters).
-    :param bool resume: continue from ``checkpoint_dir/last.pkl``; the result is identical to
-        an uninterrupted run (the checkpoint's key is used).
+    :param checkpoint_dir: directory for ``last.npz`` (every epoch: SVI state, key, history)
+        and ``best.npz`` (best parameters), in :mod:`ppl_vae.checkpoint`'s format: arrays and
+        JSON, never a pickle.
+    :param bool resume: continue from ``checkpoint_dir/last.npz``; the result is identical to
+        an uninterrupted run (the checkpoint's key is used). The checkpoint's configuration
+        must match this run's, except ``num_epochs``, ``early_stopping`` and
+        ``learning_rate`` (which then applies from the next step on); otherwise
+        :class:`~ppl_vae.checkpoint.CheckpointMismatchError` lists the differences.
     :param device: a ``jax.Device`` for the data (default: JAX's default device).
-    :raises TrainingDivergedError: if the loss turns NaN/inf; the error's ``.params`` are the
+    :param dict config: the caller's description of the run (model, prior, sizes,
+        likelihood, dataset, ...): plain JSON data, stored in the checkpoints beside fit's
+        own settings and compared on ``resume``.
+    :param bool dynamic_binarization: ``train_data`` holds grey levels in [0, 1] and each
+        minibatch is a fresh Bernoulli draw of them, inside the jitted epoch (keyed by the
+        epoch and the step, so a resumed run draws the same). Validation data are used as
+        given (binarise them once, with a fixed seed).
+    :raises ValueError: bad arguments or data, before any work.
+    :raises TrainingDivergedError: the loss or a gradient turned NaN/inf at some step, the
+        loss exploded, or the validation ELBO collapsed; the error's ``.params`` are the
         last good epoch's and its checkpoints are kept.
     """
     _check_key(rng_key)
-    check_int("num_epochs", num_epochs)
-    check_int("batch_size", batch_size)
-    check_int("warmup_epochs", warmup_epochs, 0)
+    num_epochs = check_int("num_epochs", num_epochs)
+    batch_size = check_int("batch_size", batch_size)
+    warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
     if early_stopping is not None:
-        check_int("early_stopping", early_stopping)
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
+        early_stopping = check_int("early_stopping", early_stopping)
+    learning_rate = check_positive_float("learning_rate", learning_rate)
+    if elbo is not None and not isinstance(elbo, ELBO):
+        raise ValueError(f"elbo must be a NumPyro ELBO instance such as Trace_ELBO(); got "
+                         f"{type(elbo).__name__}.")
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"config must be a dict of plain settings; got {type(config).__name__}.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from.")
     train_data = _as_array("train_data", train_data, device)
-    valid_data = _as_array("valid_data", valid_data, device)
+    num_train, num_features = train_data.shape
+    valid_data = _as_array("valid_data", valid_data, device, num_features)
+    if dynamic_binarization and not bool(((train_data >= 0) & (train_data <= 1)).all()):
+        raise ValueError("dynamic_binarization=True needs train_data in [0, 1] (the "
+                         "probabilities each pixel is drawn with); got values in "
+                         f"[{float(train_data.min())}, {float(train_data.max())}].")
     elbo = elbo or Trace_ELBO()
+    one = jnp.asarray(1.0, train_data.dtype)
+    head = (random.bernoulli(random.PRNGKey(0), train_data[:2]).astype(train_data.dtype)
+            if dynamic_binarization else train_data)
+    check_model_on_data(model, guide, head, "train_data", one)
+    if valid_data is not None:
+        check_model_on_data(model, guide, valid_data, "valid_data", one)
 
+    run_config = {
+        "backend": "numpyro", "elbo": type(elbo).__name__,
+        "num_particles": getattr(elbo, "num_particles", 1), "batch_size": batch_size,
+        "warmup_epochs": warmup_epochs, "rng_key": _key_data(rng_key), "num_train": num_train,
+        "num_valid": 0 if valid_data is None else len(valid_data),
+        "num_features": num_features, "dynamic_binarization": bool(dynamic_binarization),
+        "num_epochs": num_epochs, "early_stopping": early_stopping,
+        "learning_rate": learning_rate, **(config or {})}
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    state = None
+    last_path = best_path = None
+    arrays = meta = None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            if (ckpt_dir / "last.pkl").exists():
-                state = _load(ckpt_dir / "last.pkl")
-                rng_key = jnp.asarray(state["rng_key"])  # continue the checkpoint's streams
-            else:
-                warnings.warn(f"resume=True but {ckpt_dir / 'last.pkl'} does not exist; "
-                              "starting from scratch.", stacklevel=2)
+        last_path, best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
+        if resume and last_path.exists():
+            arrays, meta = load_checkpoint(last_path, backend="numpyro")
+        elif resume and legacy_checkpoints(ckpt_dir):
+            raise CheckpointError(
+                f"{legacy_checkpoints(ckpt_dir)[0]} is a checkpoint of ppl_vae 0.1, a pickle, "
+                "which is never loaded (unpickling can run code). Train again (without "
+                "resume, or in another checkpoint_dir).")
+        elif resume:
+            warnings.warn(f"resume=True but {last_path} does not exist; starting from "
+                          "scratch.", stacklevel=2)
     key_init, key_perm, key_valid = random.split(rng_key, 3)
+    batch_size = min(batch_size, num_train)  # above N: one batch of all N per epoch
 
     svi = SVI(model, guide, optax_to_numpyro(optax.adam(learning_rate)), elbo)
     # One trace registers every parameter (networks, pseudo-inputs, ...).
-    svi_state = jax.jit(svi.init)(key_init, train_data[:batch_size], jnp.asarray(1.0))
+    svi_state = jax.jit(svi.init)(key_init, head[:batch_size], one)
     # The initial parameters are the networks' own arrays (eqx_module's init values): copy
     # them, since the epoch donates the state's buffers.
     svi_state = jax.tree_util.tree_map(jnp.copy, svi_state)
     get_params = jax.jit(svi.get_params)
     state_def = jax.tree_util.tree_structure(svi_state)
     params_def = jax.tree_util.tree_structure(get_params(svi_state))
-
-    def params_of(leaves, path):
-        return None if leaves is None else _unflatten(params_def, leaves, "parameters", path)
+    params_init = _host_params(get_params(svi_state))
+    param_names = list(params_init)
+    signature = param_signature(params_init)
 
     history, start_epoch = [], 0
     best = {"epoch": -1, "valid_elbo": -math.inf, "params": None, "bad_epochs": 0}
-    if state is not None:
-        svi_state = _unflatten(state_def, state["svi_state"], "an SVI state", ckpt_dir / "last.pkl")
-        history, start_epoch, best = state["history"], state["epoch"] + 1, state["best"]
+    if meta is not None:
+        check_resumable(last_path, meta, run_config, signature)
+        leaves = [arrays[f"state/{i}"] for i in range(meta["num_state_leaves"])]
+        svi_state = _unflatten(state_def, leaves, "an SVI state", last_path)
+        history, start_epoch = meta["history"], meta["epoch"]
+        best_params = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}
+        best = dict(meta["best"], params=best_params or None)
 
-    num_train = len(train_data)
-
-    epoch_fn = _epoch_fn(svi, num_train, batch_size)
+    good = {"epoch": start_epoch, "params": params_init if meta is None
+            else _host_params(get_params(svi_state))}
+    epoch_fn = _epoch_fn(svi, num_train, batch_size, EXPLODED_NATS_PER_DIM * num_features,
+                         bool(dynamic_binarization))
     valid_fn = (_elbo_sum_fn(model, guide, elbo, 1000, len(valid_data))
                 if valid_data is not None else None)
+    num_batches = math.ceil(num_train / batch_size)
+    collapsed = COLLAPSED_NATS_PER_DIM * num_features
 
     stopped_early = False
     bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress,
                initial=start_epoch, total=num_epochs, unit="epoch", dynamic_ncols=True)
+
+    def diverged(reason, epoch, step=None):
+        bar.close()
+        where = (f"; the last good checkpoint is {last_path}" if last_path is not None
+                 and last_path.exists() else "")
+        at = f"epoch {epoch}" + (f", step {step} of {num_batches}" if step else "")
+        restored = (f"the parameters of epoch {good['epoch']}" if good["epoch"]
+                    else "the initial parameters")
+        params = _params_tree(params_def, param_names, good["params"], last_path)
+        return TrainingDivergedError(
+            f"training diverged in {at}: {reason}. Stopped; {restored} are in this error's "
+            f".params{where}. Try a smaller learning_rate (now {learning_rate:g}).",
+            params=params, epoch=epoch, step=step)
+
     for epoch in bar:
         t0 = time.perf_counter()
         beta = warmup_beta(epoch, warmup_epochs)
-        svi_state, total = epoch_fn(svi_state, random.fold_in(key_perm, epoch),
-                                    jnp.asarray(beta, train_data.dtype), train_data)
-        train_loss = float(total) / num_train  # one host sync per epoch
-        record = {"epoch": epoch + 1, "beta": beta, "train_loss": train_loss,
-                  "valid_elbo": None, "seconds": None}
-        if not math.isfinite(train_loss):
-            good = best["params"] if ckpt_dir is None else None
-            where = "no checkpoint was written yet"
-            if ckpt_dir is not None and (ckpt_dir / "last.pkl").exists():
-                good = _load(ckpt_dir / "last.pkl")["params"]
-                where = f"the last good checkpoint is {ckpt_dir / 'last.pkl'}"
-            bar.close()
-            raise TrainingDivergedError(
-                f"the training loss became {train_loss} in epoch {epoch + 1}; stopped. The last "
-                f"good parameters are in this error's .params ({where}). Try a smaller "
-                "learning_rate.",
-                params=params_of(good, ckpt_dir),
-            )
+        svi_state, total, bad, bad_loss = epoch_fn(
+            svi_state, random.fold_in(key_perm, epoch), jnp.asarray(beta, train_data.dtype),
+            train_data)
+        bad = int(bad)  # one host sync per epoch
+        if bad >= 0:
+            size = batch_size if bad < num_train // batch_size else num_train % batch_size
+            value = float(bad_loss)
+            reason = (f"the loss or a gradient became non-finite (loss {value})"
+                      if not math.isfinite(value) else
+                      f"the loss exploded to {value / size:.3g} nats per example (more than "
+                      f"{EXPLODED_NATS_PER_DIM:g} per dimension)")
+            raise diverged(reason, epoch + 1, bad + 1)
+        train_loss = float(total) / num_train
+        record = {"epoch": epoch + 1, "beta": beta, "learning_rate": learning_rate,
+                  "train_loss": train_loss, "valid_elbo": None, "seconds": None}
         params = get_params(svi_state)
         if valid_data is not None:
             loss = valid_fn(random.fold_in(key_valid, epoch), params, valid_data)
             record["valid_elbo"] = -float(loss) / len(valid_data)
+            if not math.isfinite(record["valid_elbo"]):
+                raise diverged(f"the validation ELBO became {record['valid_elbo']}", epoch + 1)
+            if record["valid_elbo"] < best["valid_elbo"] - collapsed:
+                raise diverged(
+                    f"the validation ELBO collapsed to {record['valid_elbo']:.2f}, more than "
+                    f"{COLLAPSED_NATS_PER_DIM:g} nats per dimension below the best "
+                    f"({best['valid_elbo']:.2f}, epoch {best['epoch']})", epoch + 1)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
 
+        params_now = _host_params(params)
         score = record["valid_elbo"] if valid_data is not None else -train_loss
         if score > best["valid_elbo"] or valid_data is None:
-            best.update(epoch=epoch + 1, valid_elbo=score, params=_leaves(params), bad_epochs=0)
+            best.update(epoch=epoch + 1, valid_elbo=score, params=params_now, bad_epochs=0)
             if ckpt_dir is not None:
-                _save(ckpt_dir / "best.pkl", {"epoch": epoch + 1, "params": best["params"]})
+                save_checkpoint(best_path, {f"params/{k}": v for k, v in params_now.items()}, {
+                    "backend": "numpyro", "kind": "best", "epoch": epoch + 1,
+                    "valid_elbo": record["valid_elbo"], "config": run_config,
+                    "signature": signature})
         elif epoch + 1 > warmup_epochs:
             best["bad_epochs"] += 1
         if ckpt_dir is not None:
-            _save(ckpt_dir / "last.pkl", {
-                "epoch": epoch, "params": _leaves(params), "svi_state": _leaves(svi_state),
-                "rng_key": np.asarray(rng_key), "history": history, "best": best,
-            })
+            leaves = _leaves(svi_state)
+            arrays = {f"params/{k}": v for k, v in params_now.items()}
+            arrays.update({f"best/{k}": v for k, v in best["params"].items()})
+            arrays.update({f"state/{i}": leaf for i, leaf in enumerate(leaves)})
+            save_checkpoint(last_path, arrays, {
+                "backend": "numpyro", "kind": "last", "epoch": epoch + 1, "config": run_config,
+                "signature": signature, "num_state_leaves": len(leaves), "history": history,
+                "best": {k: v for k, v in best.items() if k != "params"},
+                "versions": {"jax": jax.__version__, "numpyro": _numpyro_version()}})
+        good = {"epoch": epoch + 1, "params": params_now}
         bar.set_postfix(loss=f"{train_loss:.2f}", valid=(
             f"{record['valid_elbo']:.2f}" if record["valid_elbo"] is not None else "-"),
             beta=f"{beta:.2f}")
@@ -334,6 +490,14 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
             stopped_early = True
             break
     bar.close()
+    best_params = (None if best["params"] is None else
+                   _params_tree(params_def, param_names, best["params"], best_path))
     return FitResult(history, best["epoch"],
                      best["valid_elbo"] if valid_data is not None else None,
-                     stopped_early, ckpt_dir, params_of(best["params"], ckpt_dir))
+                     stopped_early, ckpt_dir, best_params, run_config)
+
+
+def _numpyro_version():
+    import numpyro
+
+    return numpyro.__version__

@@ -28,8 +28,9 @@ from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 from scipy.special import logsumexp
 
-from ppl_vae._checks import check_int
+from ppl_vae._checks import check_data, check_int
 from ppl_vae.pyro.priors import _cached_priors
+from ppl_vae.pyro.validation import check_model_on_data
 
 __all__ = ["importance_log_weights", "importance_log_likelihood", "log_weight_chunks",
            "CPU_BATCH_SIZE", "ACCELERATOR_BATCH_SIZE"]
@@ -46,12 +47,10 @@ def _default_batch_size(data, device):
 
 
 def _check_args(data, num_samples, batch_size, device):
+    check_data("data", data, matrix=False)
     if not torch.is_tensor(data):
-        data = torch.as_tensor(np.asarray(data), dtype=torch.get_default_dtype())
-    if data.dim() < 2:
-        raise ValueError(f"data must have shape (N, ...) with N examples; got {tuple(data.shape)}.")
-    if not torch.isfinite(data).all():
-        raise ValueError("data contains NaN or infinite values.")
+        data = torch.as_tensor(np.asarray(data))
+    data = data.to(dtype=torch.get_default_dtype())  # float64 and integer data like NumPyro's
     if batch_size is None:
         batch_size = _default_batch_size(data, device)
     check_int("num_samples", num_samples)
@@ -93,6 +92,13 @@ def log_weight_chunks(model, guide, data, *args, num_samples=5000, batch_size=No
     log importance weights, chunk by chunk (the streaming core of the two functions below).
     """
     data, batch_size = _check_args(data, num_samples, batch_size, device)
+    # validated now, not at the first chunk: the generator below runs lazily
+    check_model_on_data(model, guide, data.to(device) if device is not None else data, "data",
+                        *args, **kwargs)
+    return _chunks(model, guide, data, args, kwargs, num_samples, batch_size, device)
+
+
+def _chunks(model, guide, data, args, kwargs, num_samples, batch_size, device):
     examples_per_chunk = max(1, batch_size // num_samples)
     particles_per_chunk = min(num_samples, batch_size)
     priors = {}  # each Prior's distribution, built once for the whole evaluation

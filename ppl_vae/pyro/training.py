@@ -15,7 +15,6 @@ fixed within an epoch (as in the reference implementation).
 """
 
 import math
-import os
 import time
 import warnings
 from pathlib import Path
@@ -25,29 +24,57 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import Trace_ELBO
+from pyro.infer import ELBO, Trace_ELBO
 from tqdm.auto import tqdm
 
-from ppl_vae._checks import check_int
+from ppl_vae._checks import (
+    COLLAPSED_NATS_PER_DIM,
+    EXPLODED_NATS_PER_DIM,
+    check_data,
+    check_int,
+    check_positive_float,
+)
+from ppl_vae.checkpoint import (
+    CheckpointError,
+    check_resumable,
+    legacy_checkpoints,
+    load_checkpoint,
+    param_signature,
+    save_checkpoint,
+)
 from ppl_vae.pyro.priors import prior_cache
+from ppl_vae.pyro.validation import check_model_on_data
 
-__all__ = ["fit", "FitResult", "TrainingDivergedError", "elbo_per_example", "warmup_beta"]
+__all__ = ["fit", "FitResult", "TrainingDivergedError", "elbo_per_example", "warmup_beta",
+           "load_params"]
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; parameters are rolled back to the last good epoch."""
+    """Training diverged: a NaN or infinite loss or gradient at some step, a loss that
+    exploded, or a validation ELBO that collapsed (the rules: :mod:`ppl_vae._checks`).
+
+    The parameters of the last good epoch (or the initial ones) are restored in the param
+    store and held in ``.params``; the checkpoints on disk are those of the last good epoch.
+    ``.epoch`` and ``.step`` say where it happened (1-based; ``.step`` None for a collapse).
+    """
+
+    def __init__(self, message, params=None, epoch=None, step=None):
+        super().__init__(message)
+        self.params, self.epoch, self.step = params, epoch, step
 
 
 class FitResult(NamedTuple):
     """What :func:`fit` returns.
 
-    :ivar list history: one dict per epoch: ``epoch``, ``beta``, ``train_loss`` (the scaled
-        negative ELBO per example), ``valid_elbo`` (full ELBO per example, or None), ``seconds``.
+    :ivar list history: one dict per epoch: ``epoch``, ``beta``, ``learning_rate``,
+        ``train_loss`` (the scaled negative ELBO per example), ``valid_elbo`` (full ELBO per
+        example, or None), ``seconds``.
     :ivar int best_epoch: the epoch whose parameters are loaded on return.
     :ivar float best_valid_elbo: its validation ELBO (None without validation data).
     :ivar bool stopped_early: True when early stopping ended the run.
-    :ivar checkpoint_dir: where ``last.pt`` and ``best.pt`` were written (or None).
+    :ivar checkpoint_dir: where ``last.npz`` and ``best.npz`` were written (or None).
     :ivar dict params: the best epoch's parameters by param-store name (unconstrained).
+    :ivar dict config: the run's configuration, as stored in its checkpoints.
     """
 
     history: list
@@ -56,6 +83,7 @@ class FitResult(NamedTuple):
     stopped_early: bool
     checkpoint_dir: object
     params: dict
+    config: dict = None
 
 
 def warmup_beta(epoch, warmup_epochs):
@@ -66,16 +94,15 @@ def warmup_beta(epoch, warmup_epochs):
     return min(1.0, (epoch + 1) / warmup_epochs)
 
 
-def _as_tensor(name, data, device):
+def _as_tensor(name, data, device, num_features=None):
+    """Validated ``(N, D)`` data as a tensor of the default dtype on ``device``: arrays and
+    tensors of any float or integer dtype alike (float64 becomes float32, as in NumPyro)."""
     if data is None:
         return None
+    check_data(name, data, num_features)
     if not torch.is_tensor(data):
-        data = torch.as_tensor(np.asarray(data), dtype=torch.get_default_dtype())
-    if data.dim() != 2 or data.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (N, D) with N >= 1; got {tuple(data.shape)}.")
-    if not torch.isfinite(data).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
-    return data.to(device)
+        data = torch.as_tensor(np.asarray(data))
+    return data.to(device=device, dtype=torch.get_default_dtype())
 
 
 @torch.no_grad()
@@ -102,26 +129,82 @@ def _load_param_state(state):
         store.get_param(name).unconstrained().copy_(value)
 
 
-def _save(path, obj):
-    # Write then rename: an interrupt mid-write never leaves a truncated checkpoint.
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _checkpoint_arrays(params, best_params=None, optimizer=None):
+    arrays = {f"params/{k}": v.detach().cpu().numpy() for k, v in params.items()}
+    if best_params is not None:
+        arrays.update({f"best/{k}": v.detach().cpu().numpy() for k, v in best_params.items()})
+    if optimizer is not None:
+        for index, state in optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                arrays[f"optim/{index}/{key}"] = torch.as_tensor(value).cpu().numpy()
+    arrays["rng/torch"] = torch.get_rng_state().numpy()
+    return arrays
+
+
+def _group(arrays, prefix, device):
+    n = len(prefix) + 1
+    return {k[n:]: torch.as_tensor(v, device=device) for k, v in arrays.items()
+            if k.startswith(prefix + "/")}
+
+
+def _optimizer_state(arrays, param_groups):
+    state = {}
+    for key, value in arrays.items():
+        if key.startswith("optim/"):
+            _, index, name = key.split("/", 2)
+            # Adam keeps ``step`` on the CPU and its moments beside the parameters
+            state.setdefault(int(index), {})[name] = torch.as_tensor(value)
+    return {"state": state, "param_groups": param_groups}
+
+
+def load_params(path, model, guide, data, *args, device=None):
+    """Load the parameters of a checkpoint (``best.npz`` or ``last.npz``) into the param
+    store, e.g. to evaluate a trained model without training.
+
+    :param model: the model the checkpoint was trained with (``model(x, *args)``).
+    :param guide: its guide.
+    :param data: a few rows ``(n, D)``: one trace of the pair registers its parameters.
+    :param args: the model's other arguments (e.g. ``beta``, default 1).
+    :returns: the checkpoint's metadata (``epoch``, ``config``, ...).
+    :raises CheckpointError: unreadable, written by the NumPyro backend, or for another model.
+    """
+    arrays, meta = load_checkpoint(path, backend="pyro")
+    x = torch.as_tensor(np.asarray(data[:2]) if not torch.is_tensor(data) else data[:2],
+                        dtype=torch.get_default_dtype(), device=device)
+    args = args or (torch.tensor(1.0, device=device),)
+    with poutine.trace(param_only=True) as capture, torch.no_grad():
+        Trace_ELBO().differentiable_loss(model, guide, x, *args)
+    current = {name: site["value"].unconstrained().detach().cpu().numpy()
+               for name, site in capture.trace.nodes.items()}
+    check_resumable(path, {"config": {}, "signature": meta.get("signature", {})}, {},
+                    param_signature(current))
+    _load_param_state(_group(arrays, "params", device))
+    return meta
+
+
+def _run_config(config, **settings):
+    return {"backend": "pyro", **settings, **(config or {})}
 
 
 def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size=100,
         learning_rate=5e-4, elbo=None, warmup_epochs=0, early_stopping=None,
         checkpoint_dir=None, resume=False, seed=0, device=None, progress=True,
-        description="train"):
+        description="train", config=None, dynamic_binarization=False):
     """Train ``model``/``guide`` by SVI on ``train_data``; return a :class:`FitResult`.
 
     On return the parameters of the best epoch (highest validation ELBO; the last epoch without
     validation data) are loaded into the param store and so into the networks.
 
+    Everything is validated before the first step: the arguments, the data (shape, finite
+    values, the same D in both splits, the support of the model's likelihood: binary data
+    for a Bernoulli), ``batch_size <= N``, and one run of the model and guide on two rows
+    (a width that does not match D fails there, with a message naming the data).
+
     :param model: ``model(x, beta)``, e.g. a ``functools.partial`` of
-        ``models.vae_pyro.vae_model``.
+        ``ppl_vae.models.vae_pyro.vae_model``.
     :param guide: ``guide(x, beta)``.
-    :param train_data: ``(N, D)`` tensor or array.
+    :param train_data: ``(N, D)`` tensor or array (any float or integer dtype; converted to
+        the default dtype).
     :param valid_data: optional ``(M, D)``; its full ELBO drives early stopping and the best
         checkpoint.
     :param elbo: a Pyro ELBO instance (default ``Trace_ELBO()``); ``TraceMeanField_ELBO()`` uses
@@ -129,108 +212,204 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
     :param int warmup_epochs: KL warm-up length (0: none).
     :param int early_stopping: stop after this many epochs past warm-up without a better
         validation ELBO (None: never).
-    :param checkpoint_dir: directory for ``last.pt`` (every epoch) and ``best.pt``.
-    :param bool resume: continue from ``checkpoint_dir/last.pt``; the result is identical to an
-        uninterrupted run with the same seed.
-    :raises TrainingDivergedError: if the loss turns NaN/inf; the last good epoch's parameters
+    :param checkpoint_dir: directory for ``last.npz`` (every epoch) and ``best.npz``
+        (:mod:`ppl_vae.checkpoint`: arrays and JSON, never a pickle).
+    :param bool resume: continue from ``checkpoint_dir/last.npz``; the result is identical to
+        an uninterrupted run with the same seed. The checkpoint's configuration must match
+        this run's, except ``num_epochs``, ``early_stopping`` and ``learning_rate`` (which
+        then applies from the next step on); otherwise :class:`~ppl_vae.checkpoint.
+        CheckpointMismatchError` lists the differences.
+    :param int seed: seeds Pyro's RNGs (initialisation, shuffling, ELBO samples).
+    :param dict config: the caller's description of the run (model, prior, sizes,
+        likelihood, dataset, ...): plain JSON data, stored in the checkpoints beside fit's
+        own settings and compared on ``resume``.
+    :param bool dynamic_binarization: ``train_data`` holds grey levels in [0, 1] and each
+        minibatch is a fresh Bernoulli draw of them (dynamically binarised MNIST); the
+        draws come from torch's generator, which the checkpoints save, so a resumed run
+        draws the same. Validation data are used as given (binarise them once, with a fixed
+        seed).
+    :raises ValueError: bad arguments or data, before any work.
+    :raises TrainingDivergedError: the loss or a gradient turned NaN/inf at some step, the
+        loss exploded, or the validation ELBO collapsed; the last good epoch's parameters
         are restored and its checkpoints are kept.
     """
-    check_int("num_epochs", num_epochs)
-    check_int("batch_size", batch_size)
-    check_int("warmup_epochs", warmup_epochs, 0)
+    num_epochs = check_int("num_epochs", num_epochs)
+    warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
     if early_stopping is not None:
-        check_int("early_stopping", early_stopping)
-    if not learning_rate > 0:
-        raise ValueError(f"learning_rate must be > 0; got {learning_rate!r}.")
+        early_stopping = check_int("early_stopping", early_stopping)
+    learning_rate = check_positive_float("learning_rate", learning_rate)
+    seed = check_int("seed", seed, 0)
+    if elbo is not None and not isinstance(elbo, ELBO):
+        raise ValueError(f"elbo must be a Pyro ELBO instance such as Trace_ELBO(); got "
+                         f"{type(elbo).__name__}.")
+    if config is not None and not isinstance(config, dict):
+        raise ValueError(f"config must be a dict of plain settings; got {type(config).__name__}.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from.")
     device = torch.device(device) if device is not None else torch.device("cpu")
     train_data = _as_tensor("train_data", train_data, device)
-    valid_data = _as_tensor("valid_data", valid_data, device)
+    num_train, num_features = train_data.shape
+    valid_data = _as_tensor("valid_data", valid_data, device, num_features)
+    batch_size = check_int("batch_size", batch_size)  # above N: one batch of all N
+    if dynamic_binarization and not bool(((train_data >= 0) & (train_data <= 1)).all()):
+        raise ValueError("dynamic_binarization=True needs train_data in [0, 1] (the "
+                         "probabilities each pixel is drawn with); got values in "
+                         f"[{float(train_data.min())}, {float(train_data.max())}].")
     elbo = elbo or Trace_ELBO()
     pyro.set_rng_seed(seed)
+    one = torch.tensor(1.0, device=device)
+    head = torch.bernoulli(train_data[:2]) if dynamic_binarization else train_data
+    # The checks run the model and guide once: on forked generators, and forgetting the
+    # parameters they created, so that the run draws exactly what it would without them.
+    store = pyro.get_param_store()
+    existing = set(store.keys())
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        check_model_on_data(model, guide, head, "train_data", one)
+        if valid_data is not None:
+            check_model_on_data(model, guide, valid_data, "valid_data", one)
+    for name in set(store.keys()) - existing:
+        del store[name]
 
     # One trace registers every parameter (networks, pseudo-inputs, ...) in the param store.
     with poutine.trace(param_only=True) as param_capture:
-        elbo.differentiable_loss(model, guide, train_data[:2], torch.tensor(1.0, device=device))
+        elbo.differentiable_loss(model, guide, head[:2], one)
+    names = list(param_capture.trace.nodes)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
     optimizer = torch.optim.Adam(params, lr=learning_rate)
+    run_config = _run_config(
+        config, elbo=type(elbo).__name__, num_particles=getattr(elbo, "num_particles", 1),
+        batch_size=batch_size, warmup_epochs=warmup_epochs, seed=seed, num_train=num_train,
+        num_valid=0 if valid_data is None else len(valid_data), num_features=num_features,
+        dynamic_binarization=bool(dynamic_binarization), num_epochs=num_epochs,
+        early_stopping=early_stopping, learning_rate=learning_rate)
+    signature = param_signature({n: p.detach().cpu().numpy() for n, p in zip(names, params)})
 
     history, start_epoch = [], 0
     best = {"epoch": -1, "valid_elbo": -math.inf, "params": None, "bad_epochs": 0}
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    last_path = best_path = None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            last = ckpt_dir / "last.pt"
-            if last.exists():
-                state = torch.load(last, map_location=device, weights_only=False)
-                _load_param_state(state["params"])
-                optimizer.load_state_dict(state["optimizer"])
-                torch.set_rng_state(state["rng"])
-                if device.type == "cuda" and state.get("cuda_rng") is not None:
-                    torch.cuda.set_rng_state(state["cuda_rng"], device)
-                history, start_epoch, best = state["history"], state["epoch"] + 1, state["best"]
-            else:
-                warnings.warn(f"resume=True but {last} does not exist; starting from scratch.", stacklevel=2)
+        last_path, best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
+        if resume and last_path.exists():
+            arrays, meta = load_checkpoint(last_path, backend="pyro")
+            check_resumable(last_path, meta, run_config, signature)
+            _load_param_state(_group(arrays, "params", device))
+            param_groups = meta["optimizer"]["param_groups"]
+            optimizer.load_state_dict(_optimizer_state(arrays, param_groups))
+            for group in optimizer.param_groups:  # the new learning rate applies from here
+                group["lr"] = learning_rate
+            torch.set_rng_state(torch.as_tensor(arrays["rng/torch"]))
+            if device.type == "cuda" and "rng/cuda" in arrays:
+                torch.cuda.set_rng_state(torch.as_tensor(arrays["rng/cuda"]), device)
+            history, start_epoch = meta["history"], meta["epoch"]
+            best = dict(meta["best"], params=_group(arrays, "best", device) or None)
+        elif resume and legacy_checkpoints(ckpt_dir):
+            raise CheckpointError(
+                f"{legacy_checkpoints(ckpt_dir)[0]} is a checkpoint of ppl_vae 0.1, a pickle, "
+                "which is never loaded (unpickling can run code). Train again (without "
+                "resume, or in another checkpoint_dir).")
+        elif resume:
+            warnings.warn(f"resume=True but {last_path} does not exist; starting from "
+                          "scratch.", stacklevel=2)
 
-    num_train = len(train_data)
-    num_batches = math.ceil(num_train / batch_size)
+    good = {"epoch": start_epoch, "params": _param_state()}  # what a divergence restores
+    num_batches = math.ceil(num_train / batch_size)  # one when batch_size >= N
+    exploded = EXPLODED_NATS_PER_DIM * num_features
+    collapsed = COLLAPSED_NATS_PER_DIM * num_features
     stopped_early = False
     bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress,
                initial=start_epoch, total=num_epochs, unit="epoch", dynamic_ncols=True)
+
+    def diverged(reason, epoch, step=None):
+        _load_param_state(good["params"])
+        bar.close()
+        where = (f"; the last good checkpoint is {last_path}" if last_path is not None
+                 and last_path.exists() else "")
+        at = f"epoch {epoch}" + (f", step {step} of {num_batches}" if step else "")
+        restored = (f"the parameters of epoch {good['epoch']}" if good["epoch"]
+                    else "the initial parameters")
+        return TrainingDivergedError(
+            f"training diverged in {at}: {reason}. Stopped and restored {restored}{where}. "
+            f"Try a smaller learning_rate (now {learning_rate:g}).",
+            params=good["params"], epoch=epoch, step=step)
+
     for epoch in bar:
         t0 = time.perf_counter()
         beta = warmup_beta(epoch, warmup_epochs)
         beta_t = torch.tensor(beta, device=device)
-        # The permutation comes from the CPU generator that the checkpoint saves, so a resumed
-        # run shuffles exactly as an uninterrupted one.
+        # The permutation and the dynamic binarisation come from the CPU generator that the
+        # checkpoint saves, so a resumed run shuffles and draws exactly as an uninterrupted one.
         perm = torch.randperm(num_train).to(device)
-        total = torch.zeros((), device=device)
+        total = 0.0
         for i in range(num_batches):
             x = train_data[perm[i * batch_size:(i + 1) * batch_size]]
-            loss = elbo.differentiable_loss(model, guide, x, beta_t)
+            if dynamic_binarization:
+                x = torch.bernoulli(x)
+            try:
+                with warnings.catch_warnings():
+                    # Pyro warns of a NaN log-density; the divergence error below says more
+                    warnings.filterwarnings("ignore", message="Encountered NaN")
+                    loss = elbo.differentiable_loss(model, guide, x, beta_t)
+            except ValueError as e:
+                if "invalid values" not in str(e) and "Expected parameter" not in str(e):
+                    raise
+                raise diverged("a distribution got non-finite parameters ("
+                               f"{str(e).splitlines()[0][:120]})", epoch + 1, i + 1) from None
+            value = float(loss.detach())  # one host sync per step: the divergence check
+            if not math.isfinite(value):
+                raise diverged(f"the loss became {value}", epoch + 1, i + 1)
+            if value / len(x) > exploded:
+                raise diverged(f"the loss exploded to {value / len(x):.3g} nats per example "
+                               f"(more than {EXPLODED_NATS_PER_DIM:g} per dimension)",
+                               epoch + 1, i + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+            if not bool(torch.isfinite(norm)):
+                raise diverged(f"a gradient became non-finite (norm {float(norm)})", epoch + 1,
+                               i + 1)
             optimizer.step()
-            total += loss.detach()
-        train_loss = float(total) / num_train  # one host sync per epoch
-        record = {"epoch": epoch + 1, "beta": beta, "train_loss": train_loss,
-                  "valid_elbo": None, "seconds": None}
-        if not math.isfinite(train_loss):
-            good = best["params"] if ckpt_dir is None else None
-            where = "no checkpoint was written yet"
-            if ckpt_dir is not None and (ckpt_dir / "last.pt").exists():
-                good = torch.load(ckpt_dir / "last.pt", map_location=device,
-                                  weights_only=False)["params"]
-                where = f"the last good checkpoint is {ckpt_dir / 'last.pt'}"
-            if good is not None:
-                _load_param_state(good)
-            bar.close()
-            raise TrainingDivergedError(
-                f"the training loss became {train_loss} in epoch {epoch + 1}; stopped and "
-                f"restored the last good parameters ({where}). Try a smaller learning_rate."
-            )
+            total += value
+        train_loss = total / num_train
+        record = {"epoch": epoch + 1, "beta": beta, "learning_rate": learning_rate,
+                  "train_loss": train_loss, "valid_elbo": None, "seconds": None}
         if valid_data is not None:
             record["valid_elbo"] = elbo_per_example(model, guide, valid_data, elbo)
+            if not math.isfinite(record["valid_elbo"]):
+                raise diverged(f"the validation ELBO became {record['valid_elbo']}", epoch + 1)
+            if record["valid_elbo"] < best["valid_elbo"] - collapsed:
+                raise diverged(
+                    f"the validation ELBO collapsed to {record['valid_elbo']:.2f}, more than "
+                    f"{COLLAPSED_NATS_PER_DIM:g} nats per dimension below the best "
+                    f"({best['valid_elbo']:.2f}, epoch {best['epoch']})", epoch + 1)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
 
-        params = _param_state()  # one copy per epoch, shared by best and last
+        params_now = _param_state()  # one copy per epoch, shared by best and last
         score = record["valid_elbo"] if valid_data is not None else -train_loss
         if score > best["valid_elbo"] or valid_data is None:
-            best.update(epoch=epoch + 1, valid_elbo=score, params=params, bad_epochs=0)
+            best.update(epoch=epoch + 1, valid_elbo=score, params=params_now, bad_epochs=0)
             if ckpt_dir is not None:
-                _save(ckpt_dir / "best.pt", {"epoch": epoch + 1, "params": best["params"]})
+                save_checkpoint(best_path, _checkpoint_arrays(best["params"]), {
+                    "backend": "pyro", "kind": "best", "epoch": epoch + 1,
+                    "valid_elbo": record["valid_elbo"], "config": run_config,
+                    "signature": signature, "param_names": names})
         elif epoch + 1 > warmup_epochs:
             best["bad_epochs"] += 1
         if ckpt_dir is not None:
-            _save(ckpt_dir / "last.pt", {
-                "epoch": epoch, "params": params, "optimizer": optimizer.state_dict(),
-                "rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-                "history": history, "best": best,
-            })
+            arrays = _checkpoint_arrays(params_now, best["params"], optimizer)
+            if device.type == "cuda":
+                arrays["rng/cuda"] = torch.cuda.get_rng_state(device).numpy()
+            param_groups = [{k: v for k, v in g.items() if k != "params"} | {
+                "params": list(range(len(params)))} for g in optimizer.param_groups]
+            save_checkpoint(last_path, arrays, {
+                "backend": "pyro", "kind": "last", "epoch": epoch + 1, "config": run_config,
+                "signature": signature, "param_names": names, "history": history,
+                "best": {k: v for k, v in best.items() if k != "params"},
+                "optimizer": {"param_groups": param_groups},
+                "versions": {"torch": torch.__version__, "pyro": pyro.__version__}})
+        good = {"epoch": epoch + 1, "params": params_now}
         bar.set_postfix(loss=f"{train_loss:.2f}", valid=(
             f"{record['valid_elbo']:.2f}" if record["valid_elbo"] is not None else "-"),
             beta=f"{beta:.2f}")
@@ -242,4 +421,4 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         _load_param_state(best["params"])
     return FitResult(history, best["epoch"],
                      best["valid_elbo"] if valid_data is not None else None,
-                     stopped_early, ckpt_dir, best["params"])
+                     stopped_early, ckpt_dir, best["params"], run_config)
