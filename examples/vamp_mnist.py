@@ -656,8 +656,9 @@ def _run(args, out, data, train, valid, test):
         try:
             r = run(prior_name, train, valid, test, args, out)
         except diverged_errors as e:
-            print(f"\n{prior_name}: {e}", file=sys.stderr)
-            record.update(status="diverged", error=str(e), diverged_epoch=e.epoch,
+            message = str(e).replace("smaller learning_rate", "smaller --lr")  # the flag
+            print(f"\n{prior_name}: {message}", file=sys.stderr)
+            record.update(status="diverged", error=message, diverged_epoch=e.epoch,
                           diverged_step=e.step)
             diverged.append(prior_name)
             records.append(record)

@@ -197,8 +197,9 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
 
     Everything is validated before the first step: the arguments, the data (shape, finite
     values, the same D in both splits, the support of the model's likelihood: binary data
-    for a Bernoulli), ``batch_size <= N``, and one run of the model and guide on two rows
-    (a width that does not match D fails there, with a message naming the data).
+    for a Bernoulli), and one run of the model and guide on two rows (a width that does not
+    match D fails there, with a message naming the data). A ``batch_size`` above N trains
+    on one batch of all N examples per epoch.
 
     :param model: ``model(x, beta)``, e.g. a ``functools.partial`` of
         ``ppl_vae.models.vae_pyro.vae_model``.
