@@ -50,14 +50,15 @@ def numpyro_runner(data):
     x = jnp.asarray(data)
     state = svi.init(random.PRNGKey(1), x[:BATCH], jnp.asarray(1.0))
     n = len(x)
-    epoch = _epoch_fn(svi, n, BATCH)
+    # fit's epoch with its per-step divergence check (nothing counts as exploded here)
+    epoch = _epoch_fn(svi, n, BATCH, float("inf"), False)
 
     holder = {"state": state, "i": 0}
 
     def run():
         holder["i"] += 1
-        holder["state"], total = epoch(holder["state"], random.PRNGKey(holder["i"]),
-                                       jnp.asarray(1.0), x)
+        holder["state"], total, _, _ = epoch(holder["state"], random.PRNGKey(holder["i"]),
+                                             jnp.asarray(1.0), x)
         return float(total) / n
 
     return run

@@ -22,6 +22,17 @@ over rounds of the mean step time of ``--steps`` consecutive steps:
 
 Also: the machine's float32 GEMM rate, the step's FLOP count and floor, the standard-prior VAE
 the same way, and the Pyro step time for K in {50, 100, 500, 1000, 2000}.
+
+Fresh weights are not the whole story: a step can slow down as training goes (issue 14:
+subnormal gradients from the VampPrior, see ``ppl_vae/_numerics.py``). ``--trained-epochs N``
+and/or ``--checkpoint PATH`` add ``pyro_trace_trained``, ``torch_matmul_trained`` and
+``torch_broadcast_trained``, the same steps started from a trained state, measured in the same
+interleaved rounds as the fresh ones: the state is loaded from ``PATH`` (a ``last.npz`` or
+``best.npz`` that ``ppl_vae.pyro.fit`` wrote for this network: parameters, and Adam's moments
+when the file has them), then trained for ``N`` more epochs of the contender's own steps::
+
+    python benchmarks/throughput.py --trained-epochs 30 --no-sweep
+    python benchmarks/throughput.py --checkpoint out/vamp_mnist/checkpoints/vamp/last.npz
 """
 
 import argparse
@@ -115,7 +126,50 @@ def _batches(data, steps, gen):
     return [data[i] for i in idx]
 
 
-def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K):
+def load_trained_state(path):
+    """``{"params": {name: tensor}, "moments": {name: {key: tensor}}, "epoch": int}`` from a
+    checkpoint of ``ppl_vae.pyro.fit`` (``moments``, Adam's state, is empty for ``best.npz``)."""
+    from ppl_vae.checkpoint import load_checkpoint
+
+    arrays, meta = load_checkpoint(path, backend="pyro")
+    params = {k[len("params/"):]: torch.as_tensor(v) for k, v in arrays.items()
+              if k.startswith("params/")}
+    names = meta.get("param_names") or list(params)
+    moments = {}
+    for key, value in arrays.items():
+        if key.startswith("optim/"):
+            _, index, field = key.split("/", 2)
+            moments.setdefault(names[int(index)], {})[field] = torch.as_tensor(value)
+    return {"params": params, "moments": moments, "epoch": meta.get("epoch")}
+
+
+def _install_state(named_params, opt, state):
+    """Copy a trained state into ``named_params`` (name -> the tensor ``opt`` updates)."""
+    missing = [n for n in named_params if n not in state["params"]]
+    wrong = [n for n, p in named_params.items()
+             if n in state["params"] and tuple(state["params"][n].shape) != tuple(p.shape)]
+    if missing or wrong:
+        raise ValueError(
+            "the checkpoint is not of this benchmark's network (784-300-300-40 gated MLPs, "
+            f"K = {K}, Bernoulli): missing {missing[:3]}, other shapes {wrong[:3]}")
+    with torch.no_grad():
+        for name, p in named_params.items():
+            p.copy_(state["params"][name])
+    for name, moments in state["moments"].items():
+        if name in named_params:
+            opt.state[named_params[name]] = {k: v.clone() for k, v in moments.items()}
+
+
+def _train(run, data, epochs):
+    """Train a contender's own steps for ``epochs`` passes' worth of batches."""
+    if epochs:
+        run(epochs * math.ceil(len(data) / BATCH))
+
+
+def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K, trained=None,
+                train_epochs=0):
+    """``trained``: a :func:`load_trained_state` dict to start from; ``train_epochs``: epochs
+    of this contender's steps to run before it is measured."""
     pyro.clear_param_store()
     torch.manual_seed(0)
     enc, dec = pv.Encoder(INPUT, LATENT, (HIDDEN, HIDDEN)), pv.Decoder(LATENT, INPUT, (HIDDEN, HIDDEN))
@@ -127,6 +181,8 @@ def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K):
         elbo.differentiable_loss(model, guide, data[:2], beta)
     params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
     opt = torch.optim.Adam(params, lr=LR)
+    if trained is not None:
+        _install_state(dict(zip(capture.trace.nodes, params)), opt, trained)
     gen = torch.Generator().manual_seed(0)
     state = pyro.get_param_store().get_state()
 
@@ -140,6 +196,7 @@ def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    _train(run, data, train_epochs)
     return run
 
 
@@ -148,7 +205,8 @@ def _broadcast_mixture_log_prob(z, loc, scale):
     return torch.logsumexp(comp, -1) - math.log(loc.shape[0])
 
 
-def torch_runner(data, mixture="matmul", prior_kind="vamp", num_pseudo=K):
+def torch_runner(data, mixture="matmul", prior_kind="vamp", num_pseudo=K, trained=None,
+                 train_epochs=0):
     torch.manual_seed(0)
     enc, dec = pv.Encoder(INPUT, LATENT, (HIDDEN, HIDDEN)), pv.Decoder(LATENT, INPUT, (HIDDEN, HIDDEN))
     pseudo = torch.nn.Parameter(0.05 + 0.01 * torch.randn(num_pseudo, INPUT))
@@ -156,6 +214,12 @@ def torch_runner(data, mixture="matmul", prior_kind="vamp", num_pseudo=K):
     if prior_kind == "vamp":
         params.append(pseudo)
     opt = torch.optim.Adam(params, lr=LR)
+    if trained is not None:  # the Pyro param-store names of the same modules
+        named = {f"encoder$$${k}": v for k, v in enc.named_parameters()}
+        named.update({f"decoder$$${k}": v for k, v in dec.named_parameters()})
+        if prior_kind == "vamp":
+            named["pseudo_inputs$$$weight"] = pseudo
+        _install_state(named, opt, trained)
     gen = torch.Generator().manual_seed(0)
     log_mix = (diag_normal_mixture_log_prob if mixture == "matmul" else None)
 
@@ -181,6 +245,7 @@ def torch_runner(data, mixture="matmul", prior_kind="vamp", num_pseudo=K):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+    _train(run, data, train_epochs)
     return run
 
 
@@ -223,6 +288,12 @@ def main(argv=None):
                    help="interleaved rounds, order rotated each round (median taken)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-sweep", action="store_true", help="skip the K sweep")
+    p.add_argument("--trained-epochs", type=int, default=0,
+                   help="also time steps from a state trained this many epochs (of the "
+                        "4000 images) beside the fresh ones")
+    p.add_argument("--checkpoint", default=None,
+                   help="also time steps from this ppl_vae.pyro.fit checkpoint (last.npz or "
+                        "best.npz of this network), trained --trained-epochs more")
     p.add_argument("--json", default=None, help="write the figures to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
@@ -242,6 +313,15 @@ def main(argv=None):
         "matmuls_only": gemm_runner(),
     }
     vamp.update(jax_runners(data.numpy(), args.steps))
+    trained_runs = args.trained_epochs > 0 or args.checkpoint is not None
+    if trained_runs:
+        state = load_trained_state(args.checkpoint) if args.checkpoint else None
+        vamp["pyro_trace_trained"] = pyro_runner(data, Trace_ELBO, trained=state,
+                                                 train_epochs=args.trained_epochs)
+        vamp["torch_matmul_trained"] = torch_runner(data, "matmul", trained=state,
+                                                    train_epochs=args.trained_epochs)
+        vamp["torch_broadcast_trained"] = torch_runner(data, "broadcast", trained=state,
+                                                       train_epochs=args.trained_epochs)
     vamp_ms = {k: 1e3 * v for k, v in measure(vamp, args.steps, args.rounds).items()}
     std = {
         "pyro_trace": pyro_runner(data, Trace_ELBO, "standard"),
@@ -259,16 +339,22 @@ def main(argv=None):
     print("\nStandard-prior VAE, ms per step (median):")
     for name, ms in std_ms.items():
         print(f"| {name} | {ms:.1f} |")
+    fastest = min(v for k, v in vamp_ms.items()
+                  if k != "matmuls_only" and not k.endswith("_trained"))  # fresh steps
     result = {
         "gemm_gflops": rate, "step_gflop": flops / 1e9, "flop_floor_ms": floor_ms,
         "vamp_ms": vamp_ms, "standard_ms": std_ms,
         "pyro_over_torch": vamp_ms["pyro_trace"] / vamp_ms["torch_matmul"],
         "pyro_meanfield_over_torch": vamp_ms["pyro_meanfield"] / vamp_ms["torch_matmul"],
-        "fastest_over_torch_broadcast": min(
-            v for k, v in vamp_ms.items() if k != "matmuls_only") / vamp_ms["torch_broadcast"],
-        "fastest_over_matmuls": min(
-            v for k, v in vamp_ms.items() if k != "matmuls_only") / vamp_ms["matmuls_only"],
+        "fastest_over_torch_broadcast": fastest / vamp_ms["torch_broadcast"],
+        "fastest_over_matmuls": fastest / vamp_ms["matmuls_only"],
     }
+    if trained_runs:
+        result["trained_state"] = {"checkpoint": args.checkpoint,
+                                   "checkpoint_epoch": state["epoch"] if state else None,
+                                   "more_epochs": args.trained_epochs}
+        for name in ("pyro_trace", "torch_matmul", "torch_broadcast"):
+            result[f"{name}_trained_over_fresh"] = vamp_ms[f"{name}_trained"] / vamp_ms[name]
     if "numpyro" in vamp_ms:
         result["numpyro_over_jax"] = vamp_ms["numpyro"] / vamp_ms["jax_matmul"]
         result["numpyro_over_pyro"] = vamp_ms["numpyro"] / vamp_ms["pyro_trace"]
