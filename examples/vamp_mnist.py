@@ -147,13 +147,28 @@ def parse_args(argv=None):
     p.add_argument("--likelihood", type=_likelihood_name, choices=LIKELIHOODS, default=None,
                    help="p(x|z): Bernoulli (binary) or 256-bin discretised logistic (grey); "
                         "default: the dataset's")
-    p.add_argument("--elbo", choices=["trace", "meanfield"], default=DEFAULTS["elbo"],
-                   help="Trace_ELBO or TraceMeanField_ELBO (analytic KL where registered)")
+    p.add_argument("--elbo", choices=["trace", "meanfield", "iwae"], default=DEFAULTS["elbo"],
+                   help="Trace_ELBO, TraceMeanField_ELBO (analytic KL where registered), or "
+                        "the IWAE bound: RenyiELBO(alpha=0) with --num-particles k (KL "
+                        "warm-up then weights each importance weight's log p(z) - log q(z|x) "
+                        "by beta)")
+    p.add_argument("--num-particles", type=int, default=1,
+                   help="particles per training example: samples averaged by trace/meanfield, "
+                        "k of the IWAE bound (--elbo iwae: at least 2)")
     p.add_argument("--warmup", type=int, default=None, help="KL warm-up epochs (0: none)")
     p.add_argument("--early-stopping", type=int, default=None,
                    help="stop after this many epochs without validation improvement (0: never)")
     p.add_argument("--eval-samples", type=int, default=None,
                    help="importance samples per test image for log p(x)")
+    p.add_argument("--eval", choices=["is", "ais"], default="is",
+                   help="is: the test log-likelihood by importance sampling; ais: also by "
+                        "annealed importance sampling from the guide (docs/ais.md)")
+    p.add_argument("--ais-steps", type=int, default=1000,
+                   help="--eval ais: annealing steps T (sigmoidal schedule)")
+    p.add_argument("--ais-chains", type=int, default=16,
+                   help="--eval ais: independent chains per test image")
+    p.add_argument("--ais-leapfrog", type=int, default=5,
+                   help="--eval ais: leapfrog steps per HMC transition")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
     p.add_argument("--max-train", type=int, default=None, help="use the first N training images")
@@ -171,11 +186,19 @@ def parse_args(argv=None):
                         "and compare its clusters with the digit labels (0: off)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bars")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel training and evaluation (docs/scaling.md). pyro: one "
+                        "process per device under `torchrun --nproc_per_node N` (--nnodes for "
+                        "several hosts), --device cuda meaning cuda:LOCAL_RANK; numpyro: every "
+                        "device JAX sees, and several hosts when JAX_COORDINATOR_ADDRESS, "
+                        "JAX_NUM_PROCESSES and JAX_PROCESS_ID are set. --batch-size stays the "
+                        "global minibatch; rank 0 alone prints and writes")
     args = p.parse_args(argv)
     for key, value in PRESETS[args.dataset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("epochs", "num_pseudo", "latent_dim", "eval_samples", "batch_size"):
+    for key in ("epochs", "num_pseudo", "latent_dim", "eval_samples", "batch_size",
+                "num_particles", "ais_steps", "ais_chains", "ais_leapfrog"):
         if getattr(args, key) <= 0:
             p.error(f"--{key.replace('_', '-')} must be a positive integer; got {getattr(args, key)}")
     for key in ("warmup", "early_stopping", "max_train", "max_test", "latent_gmm"):
@@ -192,6 +215,11 @@ def parse_args(argv=None):
                 f"{args.eval_samples}")
     if args.device != "cpu" and not args.device.startswith("cuda"):
         p.error(f"--device must be cpu, cuda or cuda:N; got {args.device!r}")
+    if args.elbo == "iwae" and args.num_particles < 2:
+        p.error(f"--elbo iwae needs --num-particles k >= 2 (k = 1 is the ELBO); got "
+                f"{args.num_particles}")
+    if args.eval == "ais" and args.distributed:
+        p.error("--eval ais runs on one device; it does not combine with --distributed")
     return args
 
 
@@ -254,13 +282,22 @@ def summarise_log_weights(chunks):
     return np.concatenate(log_px), np.concatenate(khat)
 
 
+def summarise_sharded_log_weights(chunks, num_examples, gather_rows):
+    """summarise_log_weights for --distributed: each rank (or host) summarises its own
+    chunks, and the backend's ``gather_rows`` puts every image's result in place on all."""
+    parts = [(rows, summarise_log_weights([(rows, log_w)])) for rows, log_w in chunks]
+    return tuple(gather_rows([(rows, part[k]) for rows, part in parts], num_examples)
+                 for k in (0, 1))
+
+
 # ----------------------------------------------------------------------------- Pyro backend
 def run_pyro(prior_name, train, valid, test, args, out):
     import pyro
     import torch
-    from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+    from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
     import ppl_vae.pyro as pv
+    import ppl_vae.pyro.distributed as pd
     from ppl_vae.guides.hvae_pyro import hvae_guide
     from ppl_vae.guides.vae_pyro import vae_guide
     from ppl_vae.models.hvae_pyro import hvae_model
@@ -268,7 +305,8 @@ def run_pyro(prior_name, train, valid, test, args, out):
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(f"--device {args.device}: CUDA is not available on this machine")
-    device = torch.device(args.device)
+    # --distributed: this rank's device (cuda is cuda:LOCAL_RANK)
+    device = pd.local_device(args.device) if args.distributed else torch.device(args.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(args.seed)
     likelihood = pv.bernoulli if args.likelihood == "bernoulli" else pv.discretized_logistic
@@ -301,7 +339,12 @@ def run_pyro(prior_name, train, valid, test, args, out):
         networks = (encoder, z1_encoder, z1_prior, decoder, prior)
     for module in networks:
         module.to(device)
-    elbo = Trace_ELBO() if args.elbo == "trace" else TraceMeanField_ELBO()
+    k = args.num_particles
+    if args.elbo == "iwae":  # the IWAE bound, k importance samples per example
+        elbo = RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True)
+    else:
+        elbo = (Trace_ELBO if args.elbo == "trace" else TraceMeanField_ELBO)(
+            num_particles=k, vectorize_particles=k > 1)
 
     t0 = time.perf_counter()
     result = pv.fit(
@@ -312,15 +355,28 @@ def run_pyro(prior_name, train, valid, test, args, out):
         device=device, progress=args.progress, description=f"pyro/{prior_name}",
         config=run_config(args, prior_name),
         dynamic_binarization=getattr(args, "dynamic_binarization", False),
+        distributed=args.distributed,
     )
     train_seconds = time.perf_counter() - t0
 
     x_test = torch.as_tensor(test, device=device)
     t0 = time.perf_counter()
-    test_elbo = pv.elbo_per_example(model, guide, x_test)
-    chunks = pv.log_weight_chunks(model, guide, x_test, num_samples=args.eval_samples)
-    log_px, khat = summarise_log_weights((rows, log_w.cpu().numpy()) for rows, log_w in chunks)
+    test_elbo = pv.elbo_per_example(model, guide, x_test, distributed=args.distributed)
+    chunks = pv.log_weight_chunks(model, guide, x_test, num_samples=args.eval_samples,
+                                  distributed=args.distributed)
+    chunks = ((rows, log_w.cpu().numpy()) for rows, log_w in chunks)
+    if args.distributed:  # this rank's chunks, then every image's result on every rank
+        log_px, khat = summarise_sharded_log_weights(chunks, len(test), pd.gather_rows)
+    else:
+        log_px, khat = summarise_log_weights(chunks)
     eval_seconds = time.perf_counter() - t0
+    ais, ais_seconds = None, None
+    if args.eval == "ais":  # AIS from the guide on the same test images
+        t0 = time.perf_counter()
+        ais = pv.ais_log_likelihood(model, guide, x_test, num_steps=args.ais_steps,
+                                    num_chains=args.ais_chains, num_leapfrog=args.ais_leapfrog,
+                                    return_details=True)
+        ais_seconds = time.perf_counter() - t0
 
     with torch.no_grad(), pv.prior_cache():  # figures and latent codes
         p_z = prior()
@@ -340,7 +396,8 @@ def run_pyro(prior_name, train, valid, test, args, out):
             test_codes = torch.as_tensor(z2_means)
             layers = {"z1": z1_means, "z2": z2_means}
     return _outputs(result, layers, lambda t: t.detach().cpu().numpy(), test_elbo=test_elbo,
-                    log_px=log_px, khat=khat, train_seconds=train_seconds,
+                    log_px=log_px, khat=khat, ais=ais, ais_seconds=ais_seconds,
+                    train_seconds=train_seconds,
                     eval_seconds=eval_seconds, samples=samples, reconstructions=recon,
                     pseudo_inputs=pseudo, train_codes=train_codes, test_codes=test_codes,
                     prior_locs=_prior_locs(p_z))
@@ -383,9 +440,10 @@ def run_numpyro(prior_name, train, valid, test, args, out):
     from jax import random
     from numpyro import handlers
     from numpyro.contrib.module import eqx_module
-    from numpyro.infer import Trace_ELBO, TraceMeanField_ELBO
+    from numpyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 
     import ppl_vae.numpyro as pv
+    import ppl_vae.numpyro.distributed as pd
     from ppl_vae.guides.hvae_numpyro import hvae_guide
     from ppl_vae.guides.vae_numpyro import vae_guide
     from ppl_vae.models.hvae_numpyro import hvae_model
@@ -396,6 +454,12 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         device = jax.devices(platform)[int(args.device.split(":")[1]) if ":" in args.device else 0]
     except (RuntimeError, IndexError):
         raise SystemExit(f"--device {args.device}: no such JAX device on this machine") from None
+    if args.distributed:  # every device of JAX's default platform, so it must be --device's
+        if jax.default_backend() != platform:
+            raise SystemExit(f"--distributed runs on every {jax.default_backend()} device JAX "
+                             f"sees; --device {args.device} asks for {platform} (set "
+                             f"JAX_PLATFORMS={platform} for that)")
+        device = None
     keys = random.split(random.PRNGKey(args.seed), 9)
     likelihood = pv.bernoulli if args.likelihood == "bernoulli" else pv.discretized_logistic
     D, L, H, P = train.shape[1], args.latent_dim, args.hidden, likelihood.params_per_pixel
@@ -424,7 +488,11 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         model = partial(hvae_model, decoder=decoder, z1_prior=z1_prior, prior=prior,
                         likelihood=likelihood)
         guide = partial(hvae_guide, encoder=encoder, z1_encoder=z1_encoder)
-    elbo = Trace_ELBO() if args.elbo == "trace" else TraceMeanField_ELBO()
+    if args.elbo == "iwae":  # the IWAE bound, k importance samples per example
+        elbo = RenyiELBO(alpha=0, num_particles=args.num_particles)
+    else:
+        elbo = (Trace_ELBO if args.elbo == "trace" else TraceMeanField_ELBO)(
+            num_particles=args.num_particles)
 
     t0 = time.perf_counter()
     result = pv.fit(
@@ -435,15 +503,29 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         progress=args.progress, description=f"numpyro/{prior_name}",
         config=run_config(args, prior_name),
         dynamic_binarization=getattr(args, "dynamic_binarization", False),
+        distributed=args.distributed,
     )
     train_seconds = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    test_elbo = pv.elbo_per_example(keys[4], model, guide, test, params=result.params)
+    test_elbo = pv.elbo_per_example(keys[4], model, guide, test, params=result.params,
+                                    distributed=args.distributed)
     chunks = pv.log_weight_chunks(keys[5], model, guide, test, num_samples=args.eval_samples,
-                                  params=result.params, device=device)
-    log_px, khat = summarise_log_weights(chunks)
+                                  params=result.params, device=device,
+                                  distributed=args.distributed)
+    if args.distributed:  # this host's chunks, then every image's result on every host
+        log_px, khat = summarise_sharded_log_weights(chunks, len(test), pd.gather_rows)
+    else:
+        log_px, khat = summarise_log_weights(chunks)
     eval_seconds = time.perf_counter() - t0
+    ais, ais_seconds = None, None
+    if args.eval == "ais":  # AIS from the guide on the same test images
+        t0 = time.perf_counter()
+        ais = pv.ais_log_likelihood(random.fold_in(keys[5], 1), model, guide, test,
+                                    num_steps=args.ais_steps, num_chains=args.ais_chains,
+                                    num_leapfrog=args.ais_leapfrog, params=result.params,
+                                    device=device, return_details=True)
+        ais_seconds = time.perf_counter() - t0
 
     with handlers.seed(rng_seed=args.seed), handlers.substitute(data=result.params):
         # eqx_module under substitute returns the trained network (figures and latent codes)
@@ -467,7 +549,7 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         pseudo = (eqx_module("pseudo_inputs", prior.pseudo_inputs)()
                   if hasattr(prior, "pseudo_inputs") else None)
     return _outputs(result, layers, np.asarray, test_elbo=test_elbo, log_px=log_px, khat=khat,
-                    train_seconds=train_seconds, eval_seconds=eval_seconds, samples=samples,
+                    ais=ais, ais_seconds=ais_seconds, train_seconds=train_seconds, eval_seconds=eval_seconds, samples=samples,
                     reconstructions=recon, pseudo_inputs=pseudo, train_codes=enc(train)[0],
                     test_codes=test_codes, prior_locs=_prior_locs(p_z))
 
@@ -599,6 +681,7 @@ def main(argv=None):
     args = parse_args(argv)
     out = Path(args.out)
     try:
+        join_ranks(args)  # first: JAX joins other hosts only before it computes anything
         out.mkdir(parents=True, exist_ok=True)
         data, train, valid, test = load_data(args)
         validate_run(args, train, valid, test, out)
@@ -619,9 +702,20 @@ def main(argv=None):
     except CheckpointError as e:  # a resume refused by fit: settings it alone can see
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE) from None
+    except _distributed_errors(args.backend) as e:  # --distributed: a rank or host was lost
+        print(f"error: {e}", file=sys.stderr)
+        if args.backend == "numpyro":
+            # JAX's exit barrier would wait for the lost host until its heartbeat timeout,
+            # then abort: leave now (the checkpoints are on disk).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_LOST)
+        raise SystemExit(EXIT_LOST) from None
     if diverged:
-        print(f"\nerror: training diverged for {', '.join(diverged)} (see above and "
-              f"{out / 'metrics.json'}); the last good checkpoints are kept", file=sys.stderr)
+        if args.is_main:
+            print(f"\nerror: training diverged for {', '.join(diverged)} (see above and "
+                  f"{out / 'metrics.json'}); the last good checkpoints are kept",
+                  file=sys.stderr)
         raise SystemExit(EXIT_DIVERGED)
     return records
 
@@ -644,9 +738,12 @@ def _base_record(args, prior_name, data, train, test, out):
 
 
 def _run(args, out, data, train, valid, test):
-    print(f"{args.dataset}: train {train.shape}, valid {valid.shape}, test {test.shape}; "
-          f"{args.model}, backend {args.backend}, priors {', '.join(args.prior)}, up to "
-          f"{args.epochs} epochs, {args.eval_samples} importance samples per test image")
+    writer = getattr(args, "is_main", True)  # --distributed: rank 0 alone prints and writes
+    if writer:
+        print(f"{args.dataset}: train {train.shape}, valid {valid.shape}, test {test.shape}; "
+              f"{args.model}, backend {args.backend}, priors {', '.join(args.prior)}, up to "
+              f"{args.epochs} epochs, {args.eval_samples} importance samples per test image"
+              + (f"; data-parallel over {args.num_shards}" if args.distributed else ""))
     run = BACKENDS[args.backend]
     diverged_errors = tuple(_diverged_errors(args.backend))
 
@@ -657,14 +754,17 @@ def _run(args, out, data, train, valid, test):
             r = run(prior_name, train, valid, test, args, out)
         except diverged_errors as e:
             message = str(e).replace("smaller learning_rate", "smaller --lr")  # the flag
-            print(f"\n{prior_name}: {message}", file=sys.stderr)
             record.update(status="diverged", error=message, diverged_epoch=e.epoch,
                           diverged_step=e.step)
             diverged.append(prior_name)
             records.append(record)
-            with open(out / "metrics.json", "w") as f:
-                json.dump(records, f, indent=2, default=str)
+            if writer:
+                print(f"\n{prior_name}: {message}", file=sys.stderr)
+                with open(out / "metrics.json", "w") as f:
+                    json.dump(records, f, indent=2, default=str)
             continue
+        if not writer:
+            continue  # the other ranks trained and evaluated with rank 0; it reports
         histories[prior_name] = r["history"]
         log_px, khat = r["log_px"], r["khat"]
         test_ll = float(np.mean(log_px))
@@ -695,6 +795,21 @@ def _run(args, out, data, train, valid, test):
             checkpoint={"path": str(best), "epoch": r["best_epoch"]} if best.exists() else None,
             fit_config=r.get("config"),
         )
+        if r.get("ais") is not None:  # --eval ais: the same test images by AIS
+            ais = r["ais"]
+            record.update(
+                test_log_likelihood_ais=float(np.mean(ais.log_likelihood)),
+                test_log_likelihood_ais_sem=float(np.std(ais.log_likelihood, ddof=1)
+                                                  / np.sqrt(len(log_px)))
+                if len(log_px) > 1 else None,
+                ais_minus_is=float(np.mean(ais.log_likelihood - log_px)),  # per image, averaged
+                ais_chain_stderr=float(np.mean(ais.stderr)), ais_acceptance=float(
+                    np.mean(ais.acceptance)), ais_steps=args.ais_steps,
+                ais_chains=args.ais_chains, ais_leapfrog=args.ais_leapfrog,
+                ais_seconds=r["ais_seconds"])
+            save_is_vs_ais(out / f"is_vs_ais_{prior_name}.png", log_px, ais.log_likelihood, khat,
+                           f"{prior_name}: IS ({args.eval_samples}) vs AIS ({args.ais_steps} "
+                           f"steps x {args.ais_chains} chains)")
         shape = data.image_shape
         # grey photographs (faces, tissue) as they are; binary strokes black on white
         cmap = "gray" if args.likelihood == "discretized_logistic" else "gray_r"
@@ -718,16 +833,22 @@ def _run(args, out, data, train, valid, test):
                 attrs=dict(prior=prior_name, model=args.model, backend=args.backend,
                            dataset=args.dataset, likelihood=args.likelihood,
                            eval_samples=args.eval_samples))
+            if r.get("ais") is not None:
+                add_ais_group(idata[prior_name], r["ais"], args)
     if idata:  # one file: every group gains a leading "prior" dimension
         diagnostics.save(diagnostics.concat(idata, dim="prior"), out / "inference_data.nc")
     if histories:
         save_elbo_curves(out / "elbo_curves.png", histories,
                          f"{args.dataset}, {args.backend}: ELBO per epoch")
+    if not writer:
+        return records, diverged
 
     print()
+    ais_head = (f" AIS ({args.ais_steps} steps x {args.ais_chains} chains) | AIS - IS | AIS s |"
+                if args.eval == "ais" else "")
     print(f"| prior | test ELBO | test log-likelihood ({args.eval_samples} IS) "
-          f"| k-hat > 0.7 | active units | epochs | train s | eval s |")
-    print("|---|---|---|---|---|---|---|---|")
+          f"| k-hat > 0.7 | active units | epochs | train s | eval s |{ais_head}")
+    print("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if ais_head else ""))
     for r in records:
         if r["status"] != "ok":
             print(f"| {r['prior']} | diverged in epoch {r['diverged_epoch']} | - | - | - | - "
@@ -737,9 +858,15 @@ def _run(args, out, data, train, valid, test):
         au = r["active_units"]
         au = ", ".join(f"{k} {v}" for k, v in au.items()) if isinstance(au, dict) else au
         sem = "" if r["test_log_likelihood_sem"] is None else f" ± {r['test_log_likelihood_sem']:.2f}"
+        ais_row = ""
+        if "test_log_likelihood_ais" in r:
+            ais_sem = ("" if r["test_log_likelihood_ais_sem"] is None
+                       else f" ± {r['test_log_likelihood_ais_sem']:.2f}")
+            ais_row = (f" {r['test_log_likelihood_ais']:.2f}{ais_sem} | {r['ais_minus_is']:+.2f} "
+                       f"| {r['ais_seconds']:.0f} |")
         print(f"| {r['prior']} | {r['test_elbo']:.2f} | {r['test_log_likelihood']:.2f}{sem} "
               f"| {share} | {au} | {r['epochs']} | "
-              f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |")
+              f"{r['train_seconds']:.0f} | {r['eval_seconds']:.0f} |{ais_row}")
     if args.latent_gmm:
         print(f"\nBayesian GMM on the latent means (K = {args.latent_gmm}):")
         for r in records:
@@ -752,12 +879,94 @@ def _run(args, out, data, train, valid, test):
     return records, diverged
 
 
+EXIT_LOST = 4  # --distributed: another rank or host died; its last good checkpoint is kept
+
+
+def join_ranks(args):
+    """--distributed: join the process group (pyro: torchrun's environment) or the other
+    hosts (numpyro: the JAX coordinator variables); sets ``args.is_main`` (rank 0, which
+    alone prints and writes) and ``args.num_shards`` (ranks, or devices)."""
+    args.is_main, args.num_shards = True, 1
+    if not args.distributed:
+        return
+    try:
+        if args.backend == "pyro":
+            from ppl_vae.pyro.distributed import initialize, is_main_process, num_shards
+
+            initialize(args.device)
+        else:
+            from ppl_vae.numpyro.distributed import initialize, is_main_process, num_shards
+
+            initialize()
+    except RuntimeError as e:
+        raise SystemExit(f"error: --distributed: {e}") from None
+    args.is_main, args.num_shards = is_main_process(), num_shards()
+
+
+def _distributed_errors(backend):
+    if backend == "pyro":
+        from ppl_vae.pyro.distributed import DistributedError
+    else:
+        from ppl_vae.numpyro.distributed import DistributedError
+    return DistributedError
+
+
 def _diverged_errors(backend):
     if backend == "pyro":
         from ppl_vae.pyro import TrainingDivergedError
     else:
         from ppl_vae.numpyro import TrainingDivergedError
     return (TrainingDivergedError,)
+
+
+def save_is_vs_ais(path, log_px, ais_log_px, khat, title):
+    """--eval ais: per test image, the AIS estimate against the IS one, coloured by the Pareto
+    k-hat of the IS weights (left), and their difference against k-hat (right; above 0: AIS
+    found probability mass that IS missed)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    gap = ais_log_px - log_px
+    finite = np.isfinite(khat)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    points = left.scatter(log_px, ais_log_px, c=np.where(finite, khat, np.nan), s=10,
+                          cmap="viridis", vmin=0.0, vmax=max(1.0, np.nanmax(khat[finite]))
+                          if finite.any() else 1.0)
+    low, high = np.min([log_px, ais_log_px]), np.max([log_px, ais_log_px])
+    left.plot([low, high], [low, high], color="k", lw=0.8, label="AIS = IS")
+    left.set(xlabel="log p(x), importance sampling", ylabel="log p(x), AIS")
+    left.legend(loc="upper left")
+    fig.colorbar(points, ax=left, label="k-hat of the IS weights")
+    right.scatter(khat, gap, s=10, color="tab:blue")
+    right.axhline(0.0, color="k", lw=0.8)
+    right.axvline(0.7, color="tab:red", lw=0.8, ls="--", label="k-hat = 0.7")
+    right.set(xlabel="k-hat of the IS weights", ylabel="AIS - IS (nats)")
+    right.legend(loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_ais_group(idata, ais, args):
+    """--eval ais: group ``ais`` of the InferenceData: per image ``log_likelihood``,
+    ``stderr`` (chain spread), ``acceptance``, ``step_size``, and ``log_weights``
+    (example, chain)."""
+    import xarray as xr
+
+    dataset = xr.Dataset(
+        {"log_likelihood": ("example", ais.log_likelihood), "stderr": ("example", ais.stderr),
+         "acceptance": ("example", ais.acceptance), "step_size": ("example", ais.step_size),
+         "log_weights": (("example", "chain"), ais.log_weights)},
+        coords={"example": np.arange(len(ais.log_likelihood))},
+        attrs=dict(num_steps=args.ais_steps, num_chains=args.ais_chains,
+                   num_leapfrog=args.ais_leapfrog, start="guide", schedule="sigmoid"))
+    if hasattr(idata, "add_groups"):  # ArviZ 0.x InferenceData
+        idata.add_groups({"ais": dataset})
+    else:  # ArviZ 1.x: an xarray DataTree
+        idata["ais"] = xr.DataTree(dataset=dataset)
 
 
 if __name__ == "__main__":

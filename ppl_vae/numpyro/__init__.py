@@ -6,6 +6,14 @@ Equinox modules (:mod:`ppl_vae.numpyro.nets`) and trained parameters are passed 
 (``params=``), since NumPyro keeps no global parameter store.
 """
 
+from ppl_vae.numpyro.ais import (
+    AISResult,
+    BDMCBounds,
+    BDMCResult,
+    ais_log_likelihood,
+    ais_schedule,
+    bdmc_bounds,
+)
 from ppl_vae.numpyro.evaluation import (
     importance_log_likelihood,
     importance_log_weights,
@@ -50,6 +58,12 @@ __all__ = [
     "importance_log_likelihood",
     "importance_log_weights",
     "log_weight_chunks",
+    "ais_log_likelihood",
+    "bdmc_bounds",
+    "ais_schedule",
+    "AISResult",
+    "BDMCBounds",
+    "BDMCResult",
     "fit",
     "FitResult",
     "TrainingDivergedError",

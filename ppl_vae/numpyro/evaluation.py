@@ -32,8 +32,15 @@ with the initial weights of their networks.
 **Fixed work is done once.** Every :class:`~ppl_vae.numpyro.Prior` is built once per call
 (for the VampPrior: the K pseudo-input encodings) by one jitted trace of the model on one
 example; the resulting distributions are handed to each chunk as a pytree argument.
+
+**Over several devices.** With ``distributed=True`` the chunks are dealt out round-robin
+over ``jax.devices()`` (chunk ``i`` on device ``i % num_devices``; on several hosts each
+process computes those of its own devices): every chunk is the same compiled function with
+the same key as on one device, so the result equals the single-device one bit for bit
+(:mod:`ppl_vae.numpyro.distributed`).
 """
 
+import collections
 import math
 
 import equinox as eqx
@@ -46,6 +53,7 @@ from numpyro import handlers
 from scipy.special import logsumexp
 
 from ppl_vae._checks import check_data, check_int
+from ppl_vae.numpyro import distributed as _dist
 from ppl_vae.numpyro.priors import _cached_priors
 from ppl_vae.numpyro.validation import check_model_on_data
 
@@ -157,22 +165,39 @@ def _log_weight_chunk(model, guide, params, cache, key, x, args, kwargs, particl
 
 
 def log_weight_chunks(rng_key, model, guide, data, *args, num_samples=5000, batch_size=None,
-                      params=None, device=None, **kwargs):
+                      params=None, device=None, distributed=False, **kwargs):
     """Yield ``(rows, log_w)``: a slice of example indices and their ``(n, num_samples)``
     log importance weights (NumPy), chunk by chunk (the streaming core of the two functions
     below). Chunk ``i`` uses the key ``fold_in(rng_key, i)``, so results do not depend on
     how the caller consumes the generator.
+
+    With ``distributed=True`` chunk ``i`` runs on device ``i % len(jax.devices())`` and this
+    process yields the chunks of its own devices (all of them on one host);
+    :func:`ppl_vae.numpyro.distributed.gather_rows` assembles per-example results from
+    several hosts.
     """
     _check_key(rng_key)
+    if distributed and device is not None:
+        raise ValueError(f"distributed=True runs on every device, jax.devices(); got device="
+                         f"{device!r} too. Leave device None.")
     data, batch_size = _check_args(data, num_samples, batch_size, device)
     # validated now, not at the first chunk: the generator below runs lazily
     check_model_on_data(model, guide, data, "data", *args, params=params, **kwargs)
+    if distributed:
+        _dist.initialize()
     return _chunks(rng_key, model, guide, data, args, kwargs, num_samples, batch_size, params,
-                   device)
+                   device, jax.devices() if distributed else None)
+
+
+def _on(device, tree):
+    """``tree``'s arrays on ``device`` (committed there); other leaves as they are."""
+    return jax.tree_util.tree_map(
+        lambda a: jax.device_put(a, device) if isinstance(a, (jax.Array, np.ndarray)) else a,
+        tree)
 
 
 def _chunks(rng_key, model, guide, data, args, kwargs, num_samples, batch_size, params,
-            device):
+            device, devices=None):
     examples_per_chunk = max(1, batch_size // num_samples)
     particles_per_chunk = min(num_samples, batch_size)
     num_pieces = math.ceil(num_samples / particles_per_chunk)
@@ -182,41 +207,62 @@ def _chunks(rng_key, model, guide, data, args, kwargs, num_samples, batch_size, 
         return jax.device_put(x, device) if device is not None else jnp.asarray(x)
 
     cache = _prior_cache_jit(model, params, key_cache, put(data[:1]), args, kwargs)
-    pending = None
+    if devices is not None:  # every argument once on each of this process's devices
+        local = {d: _on(d, (params, cache, args, kwargs)) for d in devices
+                 if d.process_index == jax.process_index()}
+    # Lag of one chunk per device: the next chunks are dispatched before this one is copied
+    # to host.
+    pending = collections.deque()
     for i, start in enumerate(range(0, len(data), examples_per_chunk)):
         rows = slice(start, min(start + examples_per_chunk, len(data)))
         x = data[rows]
         n = len(x)
         if n < examples_per_chunk:  # pad the last chunk: one compiled shape for all chunks
             x = np.concatenate([x, np.repeat(x[-1:], examples_per_chunk - n, axis=0)])
-        out = _log_weight_chunk(model, guide, params, cache, random.fold_in(key_chunks, i),
-                                put(x), args, kwargs, particles_per_chunk, num_pieces,
-                                num_samples)
-        # Lag of one chunk: the next chunk is dispatched before this one is copied to host.
-        if pending is not None:
-            yield pending[0], np.asarray(pending[1])[:pending[2]]
-        pending = (rows, out, n)
-    yield pending[0], np.asarray(pending[1])[:pending[2]]
+        if devices is None:
+            out = _log_weight_chunk(model, guide, params, cache, random.fold_in(key_chunks, i),
+                                    put(x), args, kwargs, particles_per_chunk, num_pieces,
+                                    num_samples)
+        else:
+            target = devices[i % len(devices)]
+            if target not in local:
+                continue  # another host's device
+            p, c, a, k = local[target]
+            out = _log_weight_chunk(model, guide, p, c,
+                                    jax.device_put(random.fold_in(key_chunks, i), target),
+                                    jax.device_put(x, target), a, k, particles_per_chunk,
+                                    num_pieces, num_samples)
+        if len(pending) == (1 if devices is None else len(local)):
+            rows_, out_, n_ = pending.popleft()
+            yield rows_, np.asarray(out_)[:n_]
+        pending.append((rows, out, n))
+    while pending:
+        rows_, out_, n_ = pending.popleft()
+        yield rows_, np.asarray(out_)[:n_]
 
 
 def importance_log_weights(rng_key, model, guide, data, *args, num_samples=5000,
-                           batch_size=None, params=None, device=None, **kwargs):
+                           batch_size=None, params=None, device=None, distributed=False,
+                           **kwargs):
     """The ``(N, num_samples)`` matrix of log importance weights
     ``log p(x_n, z_ns) - log q(z_ns | x_n)`` as a NumPy array (for Pareto k-hat diagnostics).
 
     Arguments as for :func:`importance_log_likelihood`.
     """
+    chunks = log_weight_chunks(rng_key, model, guide, data, *args, num_samples=num_samples,
+                               batch_size=batch_size, params=params, device=device,
+                               distributed=distributed, **kwargs)
+    if distributed:
+        return _dist.gather_rows(chunks, len(data), (num_samples,))
     out = np.empty((len(data), num_samples), dtype=np.float64)
-    for rows, log_w in log_weight_chunks(rng_key, model, guide, data, *args,
-                                         num_samples=num_samples, batch_size=batch_size,
-                                         params=params, device=device, **kwargs):
+    for rows, log_w in chunks:
         out[rows] = log_w
     return out
 
 
 def importance_log_likelihood(rng_key, model, guide, data, *args, num_samples=5000,
                               batch_size=None, params=None, device=None,
-                              return_log_weights=False, **kwargs):
+                              return_log_weights=False, distributed=False, **kwargs):
     """Per-example importance-sampled estimate of log p(x), a NumPy array of shape ``(N,)``.
 
     Example::
@@ -238,18 +284,25 @@ def importance_log_likelihood(rng_key, model, guide, data, *args, num_samples=50
         guide (e.g. ``FitResult.params``); None to run them as they are.
     :param device: a ``jax.Device`` to put each chunk of data on (default: JAX's default).
     :param bool return_log_weights: also return the ``(N, S)`` log-weights.
+    :param bool distributed: deal the chunks out over every device (and host) and gather the
+        result: the same array as on one device. Leave ``device`` None.
     :returns: ``log_px`` ``(N,)`` float64, or ``(log_px, log_weights)``.
     """
     if return_log_weights:
         log_w = importance_log_weights(rng_key, model, guide, data, *args,
                                        num_samples=num_samples, batch_size=batch_size,
-                                       params=params, device=device, **kwargs)
+                                       params=params, device=device, distributed=distributed,
+                                       **kwargs)
         return _logmeanexp_np(log_w), log_w
+    chunks = ((rows, _logmeanexp_np(log_w.astype(np.float64))) for rows, log_w in
+              log_weight_chunks(rng_key, model, guide, data, *args, num_samples=num_samples,
+                                batch_size=batch_size, params=params, device=device,
+                                distributed=distributed, **kwargs))
+    if distributed:
+        return _dist.gather_rows(chunks, len(data))
     out = np.empty(len(data), dtype=np.float64)
-    for rows, log_w in log_weight_chunks(rng_key, model, guide, data, *args,
-                                         num_samples=num_samples, batch_size=batch_size,
-                                         params=params, device=device, **kwargs):
-        out[rows] = _logmeanexp_np(log_w.astype(np.float64))
+    for rows, log_px in chunks:
+        out[rows] = log_px
     return out
 
 

@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax, random
+from jax.sharding import NamedSharding, PartitionSpec
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.elbo import ELBO
 from numpyro.optim import optax_to_numpyro
@@ -55,6 +56,7 @@ from ppl_vae.checkpoint import (
     param_signature,
     save_checkpoint,
 )
+from ppl_vae.numpyro import distributed as _dist
 from ppl_vae.numpyro.evaluation import _build_prior_cache
 from ppl_vae.numpyro.priors import _cached_priors
 from ppl_vae.numpyro.validation import check_model_on_data
@@ -126,10 +128,15 @@ def _check_key(rng_key):
         raise TypeError(f"rng_key must be a jax.random.PRNGKey; got {type(rng_key).__name__}.")
 
 
-def _elbo_sum_fn(model, guide, elbo, batch_size, num_examples):
+def _elbo_sum_fn(model, guide, elbo, batch_size, num_examples, mesh=None):
     """Jitted ``(rng_key, params, data) -> sum of -ELBO`` over ``data`` in chunks of
-    ``batch_size``, with every prior built once (not per chunk)."""
+    ``batch_size``, with every prior built once (not per chunk); with a ``mesh``, each
+    chunk's rows are split over its devices."""
     num_full, rem = divmod(num_examples, batch_size)
+
+    def shard(x):
+        return x if mesh is None else lax.with_sharding_constraint(
+            x, _dist.batch_sharding(mesh))
 
     def total_loss(rng_key, params, data):
         key_cache, key_full, key_rem = random.split(rng_key, 3)
@@ -139,29 +146,37 @@ def _elbo_sum_fn(model, guide, elbo, batch_size, num_examples):
             if num_full:
                 chunks = data[:num_full * batch_size].reshape(num_full, batch_size, -1)
                 losses = lax.map(
-                    lambda a: elbo.loss(a[0], params, model, guide, a[1], None),
+                    lambda a: elbo.loss(a[0], params, model, guide, shard(a[1]), None),
                     (random.split(key_full, num_full), chunks),
                 )
                 total = total + losses.sum()
             if rem:
                 total = total + elbo.loss(key_rem, params, model, guide,
-                                          data[num_full * batch_size:], None)
+                                          shard(data[num_full * batch_size:]), None)
         return total
 
     return jax.jit(total_loss)
 
 
-def elbo_per_example(rng_key, model, guide, data, elbo=None, batch_size=1000, *, params=None):
+def elbo_per_example(rng_key, model, guide, data, elbo=None, batch_size=1000, *, params=None,
+                     distributed=False):
     """Mean single-sample ELBO per example of ``data`` (``model(x, None)``: full KL).
 
     :param dict params: parameter values by param name (e.g. ``FitResult.params``); None for
         the networks' initial weights or an already substituted model.
+    :param bool distributed: split each chunk's rows over every device
+        (:mod:`ppl_vae.numpyro.distributed`): the same value up to float32 summation order.
     """
     _check_key(rng_key)
     check_int("batch_size", batch_size)
     data = _as_array("data", data, None)
     elbo = elbo or Trace_ELBO()
-    fn = _elbo_sum_fn(model, guide, elbo, batch_size, len(data))
+    mesh = None
+    if distributed:
+        _dist.initialize()
+        mesh = _dist.mesh()
+        data, params = _dist.replicate((data, params or {}), mesh)
+    fn = _elbo_sum_fn(model, guide, elbo, batch_size, len(data), mesh)
     return -float(fn(rng_key, params or {}, data)) / len(data)
 
 
@@ -224,10 +239,12 @@ def load_params(path, model, guide, data, *args):
     return _params_tree(jax.tree_util.tree_structure(template), names, flat, path), meta
 
 
-def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization):
+def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization, mesh=None):
     """Jitted ``(svi_state, key, beta, data) -> (svi_state, summed loss, first bad step, its
     loss)``: one epoch of minibatch SVI steps over a permutation drawn from ``key``, inside
     the device (``lax.fori_loop``; the last, smaller minibatch has its own static shape).
+    With a ``mesh`` each minibatch is split over its devices (``P("batch")``) and XLA
+    partitions the step; the state stays replicated.
 
     Each step is ``svi.stable_update``, which leaves the state alone when the loss or a
     gradient is not finite; a step whose loss per example exceeds ``exploded`` counts as bad
@@ -242,6 +259,8 @@ def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization):
 
         def step(i, x, carry):
             svi_state, total, bad, bad_loss = carry
+            if mesh is not None:
+                x = lax.with_sharding_constraint(x, _dist.batch_sharding(mesh))
             if dynamic_binarization:
                 x = random.bernoulli(random.fold_in(key_bits, i), x).astype(x.dtype)
             new_state, loss = lax.cond(
@@ -265,13 +284,16 @@ def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization):
         return carry
 
     # Donating the state lets XLA update parameters and Adam moments in place.
-    return jax.jit(run_epoch, donate_argnums=0)
+    if mesh is None:
+        return jax.jit(run_epoch, donate_argnums=0)
+    return jax.jit(run_epoch, donate_argnums=0,
+                   out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
 def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size=100,
         learning_rate=5e-4, elbo=None, warmup_epochs=0, early_stopping=None,
         checkpoint_dir=None, resume=False, device=None, progress=True, description="train",
-        config=None, dynamic_binarization=False):
+        config=None, dynamic_binarization=False, distributed=False):
     """Train ``model``/``guide`` by SVI on ``train_data``; return a :class:`FitResult`.
 
     ``FitResult.params`` holds the parameters of the best epoch (highest validation ELBO; the
@@ -319,10 +341,19 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         minibatch is a fresh Bernoulli draw of them, inside the jitted epoch (keyed by the
         epoch and the step, so a resumed run draws the same). Validation data are used as
         given (binarise them once, with a fixed seed).
+    :param bool distributed: data-parallel over every device, ``jax.devices()`` (every host's
+        after :func:`ppl_vae.numpyro.distributed.initialize`): the data and the SVI state are
+        replicated, each minibatch is split over the devices and XLA partitions the step
+        (:mod:`ppl_vae.numpyro.distributed`). The random numbers are those of the
+        single-device run, so the result equals it up to float32 summation order. Only
+        process 0 writes checkpoints, which resume on any number of devices. Leave
+        ``device`` None.
     :raises ValueError: bad arguments or data, before any work.
     :raises TrainingDivergedError: the loss or a gradient turned NaN/inf at some step, the
         loss exploded, or the validation ELBO collapsed; the error's ``.params`` are the
         last good epoch's and its checkpoints are kept.
+    :raises ~ppl_vae.numpyro.distributed.DistributedError: (``distributed=True`` over several
+        hosts) another host died; its message names the last good checkpoint.
     """
     _check_key(rng_key)
     num_epochs = check_int("num_epochs", num_epochs)
@@ -338,6 +369,14 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         raise ValueError(f"config must be a dict of plain settings; got {type(config).__name__}.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from.")
+    if distributed and device is not None:
+        raise ValueError(f"distributed=True runs on every device, jax.devices(); got device="
+                         f"{device!r} too. Leave device None.")
+    mesh = None
+    if distributed:
+        _dist.initialize()
+        mesh = _dist.mesh()
+    main = mesh is None or _dist.is_main_process()  # writes checkpoints, shows progress
     train_data = _as_array("train_data", train_data, device)
     num_train, num_features = train_data.shape
     valid_data = _as_array("valid_data", valid_data, device, num_features)
@@ -374,7 +413,7 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
                 f"{legacy_checkpoints(ckpt_dir)[0]} is a checkpoint of ppl_vae 0.1, a pickle, "
                 "which is never loaded (unpickling can run code). Train again (without "
                 "resume, or in another checkpoint_dir).")
-        elif resume:
+        elif resume and main:
             warnings.warn(f"resume=True but {last_path} does not exist; starting from "
                           "scratch.", stacklevel=2)
     key_init, key_perm, key_valid = random.split(rng_key, 3)
@@ -402,18 +441,22 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         history, start_epoch = meta["history"], meta["epoch"]
         best_params = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}
         best = dict(meta["best"], params=best_params or None)
+    if mesh is not None:
+        _check_same_start(start_epoch, last_path)
+        svi_state, train_data, valid_data = _dist.replicate((svi_state, train_data, valid_data),
+                                                            mesh)
 
     good = {"epoch": start_epoch, "params": params_init if meta is None
             else _host_params(get_params(svi_state))}
     epoch_fn = _epoch_fn(svi, num_train, batch_size, EXPLODED_NATS_PER_DIM * num_features,
-                         bool(dynamic_binarization))
-    valid_fn = (_elbo_sum_fn(model, guide, elbo, 1000, len(valid_data))
+                         bool(dynamic_binarization), mesh)
+    valid_fn = (_elbo_sum_fn(model, guide, elbo, 1000, len(valid_data), mesh)
                 if valid_data is not None else None)
     num_batches = math.ceil(num_train / batch_size)
     collapsed = COLLAPSED_NATS_PER_DIM * num_features
 
     stopped_early = False
-    bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress,
+    bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress or not main,
                initial=start_epoch, total=num_epochs, unit="epoch", dynamic_ncols=True)
 
     def diverged(reason, epoch, step=None):
@@ -429,13 +472,29 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
             f".params{where}. Try a smaller learning_rate (now {learning_rate:g}).",
             params=params, epoch=epoch, step=step)
 
+    def lost(error, epoch):
+        bar.close()
+        where = (f"the last good checkpoint is {last_path} (epoch {good['epoch']}): resume "
+                 "from it with resume=True, on any number of devices"
+                 if last_path is not None and good["epoch"] else "no checkpoint was written")
+        return _dist.DistributedError(
+            f"process {jax.process_index()} of {jax.process_count()}: epoch {epoch} failed: "
+            f"another host died or stopped answering ({type(error).__name__}: "
+            f"{str(error).strip().splitlines()[0][:200]}). Stopped; {where}.", epoch=epoch,
+            checkpoint=last_path if last_path is not None and good["epoch"] else None)
+
     for epoch in bar:
         t0 = time.perf_counter()
         beta = warmup_beta(epoch, warmup_epochs)
-        svi_state, total, bad, bad_loss = epoch_fn(
-            svi_state, random.fold_in(key_perm, epoch), jnp.asarray(beta, train_data.dtype),
-            train_data)
-        bad = int(bad)  # one host sync per epoch
+        try:
+            svi_state, total, bad, bad_loss = epoch_fn(
+                svi_state, random.fold_in(key_perm, epoch), jnp.asarray(beta, train_data.dtype),
+                train_data)
+            bad = int(bad)  # one host sync per epoch
+        except jax.errors.JaxRuntimeError as e:
+            if jax.process_count() == 1:
+                raise
+            raise lost(e, epoch + 1) from e
         if bad >= 0:
             size = batch_size if bad < num_train // batch_size else num_train % batch_size
             value = float(bad_loss)
@@ -449,8 +508,13 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
                   "train_loss": train_loss, "valid_elbo": None, "seconds": None}
         params = get_params(svi_state)
         if valid_data is not None:
-            loss = valid_fn(random.fold_in(key_valid, epoch), params, valid_data)
-            record["valid_elbo"] = -float(loss) / len(valid_data)
+            try:
+                loss = valid_fn(random.fold_in(key_valid, epoch), params, valid_data)
+                record["valid_elbo"] = -float(loss) / len(valid_data)
+            except jax.errors.JaxRuntimeError as e:
+                if jax.process_count() == 1:
+                    raise
+                raise lost(e, epoch + 1) from e
             if not math.isfinite(record["valid_elbo"]):
                 raise diverged(f"the validation ELBO became {record['valid_elbo']}", epoch + 1)
             if record["valid_elbo"] < best["valid_elbo"] - collapsed:
@@ -465,14 +529,14 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         score = record["valid_elbo"] if valid_data is not None else -train_loss
         if score > best["valid_elbo"] or valid_data is None:
             best.update(epoch=epoch + 1, valid_elbo=score, params=params_now, bad_epochs=0)
-            if ckpt_dir is not None:
+            if ckpt_dir is not None and main:
                 save_checkpoint(best_path, {f"params/{k}": v for k, v in params_now.items()}, {
                     "backend": "numpyro", "kind": "best", "epoch": epoch + 1,
                     "valid_elbo": record["valid_elbo"], "config": run_config,
                     "signature": signature})
         elif epoch + 1 > warmup_epochs:
             best["bad_epochs"] += 1
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and main:
             leaves = _leaves(svi_state)
             arrays = {f"params/{k}": v for k, v in params_now.items()}
             arrays.update({f"best/{k}": v for k, v in best["params"].items()})
@@ -481,7 +545,10 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
                 "backend": "numpyro", "kind": "last", "epoch": epoch + 1, "config": run_config,
                 "signature": signature, "num_state_leaves": len(leaves), "history": history,
                 "best": {k: v for k, v in best.items() if k != "params"},
+                "num_devices": 1 if mesh is None else mesh.size,
                 "versions": {"jax": jax.__version__, "numpyro": _numpyro_version()}})
+        if ckpt_dir is not None and mesh is not None:
+            _dist.barrier(f"ppl_vae checkpoint {epoch + 1}")  # no host runs ahead of process 0
         good = {"epoch": epoch + 1, "params": params_now}
         bar.set_postfix(loss=f"{train_loss:.2f}", valid=(
             f"{record['valid_elbo']:.2f}" if record["valid_elbo"] is not None else "-"),
@@ -501,3 +568,18 @@ def _numpyro_version():
     import numpyro
 
     return numpyro.__version__
+
+
+def _check_same_start(start_epoch, last_path):
+    """Every host must resume from the same epoch (a checkpoint_dir that one host cannot see
+    would silently split the run)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    epochs = np.asarray(multihost_utils.process_allgather(np.int32(start_epoch)))
+    if len(set(epochs.tolist())) > 1:
+        raise CheckpointError(
+            f"the hosts would resume from different epochs ({sorted(set(epochs.tolist()))}): "
+            f"{last_path} must be visible to every host (a shared file system), or copied to "
+            "each.")

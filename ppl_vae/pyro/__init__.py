@@ -3,6 +3,14 @@
 Mirror image of :mod:`ppl_vae.numpyro`: same module names, same public names.
 """
 
+from ppl_vae.pyro.ais import (
+    AISResult,
+    BDMCBounds,
+    BDMCResult,
+    ais_log_likelihood,
+    ais_schedule,
+    bdmc_bounds,
+)
 from ppl_vae.pyro.evaluation import (
     importance_log_likelihood,
     importance_log_weights,
@@ -47,6 +55,12 @@ __all__ = [
     "importance_log_likelihood",
     "importance_log_weights",
     "log_weight_chunks",
+    "ais_log_likelihood",
+    "bdmc_bounds",
+    "ais_schedule",
+    "AISResult",
+    "BDMCBounds",
+    "BDMCResult",
     "fit",
     "FitResult",
     "TrainingDivergedError",

@@ -17,8 +17,17 @@ elementwise pass (gates, the Bernoulli softplus, the log-sum-exp over the K comp
 cache instead of memory. With 20000 pairs (63 MB per activation) the same evaluation took
 1.3-1.5x as long on a 2-core CPU (``benchmarks/evaluate_speed.py --batch-size``). On a GPU
 the default is :data:`ACCELERATOR_BATCH_SIZE` = 20000 pairs, to keep it busy.
+
+**Chunks have their own seeds.** Chunk ``i`` draws its samples from a generator seeded with
+``seed + i``, where ``seed`` is drawn once from torch's generator when the evaluation starts
+(as NumPyro's chunk ``i`` uses ``fold_in(rng_key, i)``). So the results do not depend on what
+the caller draws between chunks, and with ``distributed=True`` the chunks are dealt out
+round-robin over the ranks of the process group (chunk ``i`` on rank ``i % world_size``;
+:mod:`ppl_vae.pyro.distributed`), each computed exactly as a single process computes it: the
+gathered result equals the single-process one, bit for bit on the same hardware.
 """
 
+import contextlib
 import math
 
 import numpy as np
@@ -29,6 +38,7 @@ from pyro.poutine.util import site_is_subsample
 from scipy.special import logsumexp
 
 from ppl_vae._checks import check_data, check_int
+from ppl_vae.pyro import distributed as _dist
 from ppl_vae.pyro.priors import _cached_priors
 from ppl_vae.pyro.validation import check_model_on_data
 
@@ -87,28 +97,52 @@ def _log_weights(model, guide, x, num_particles, args, kwargs):
 
 
 def log_weight_chunks(model, guide, data, *args, num_samples=5000, batch_size=None,
-                      device=None, **kwargs):
+                      device=None, distributed=False, **kwargs):
     """Yield ``(rows, log_w)``: a slice of example indices and their ``(n, num_samples)``
     log importance weights, chunk by chunk (the streaming core of the two functions below).
+
+    With ``distributed=True`` only this rank's chunks (chunk ``i`` on rank
+    ``i % world_size``); :func:`ppl_vae.pyro.distributed.gather_rows` assembles per-example
+    results computed from them.
     """
     data, batch_size = _check_args(data, num_samples, batch_size, device)
     # validated now, not at the first chunk: the generator below runs lazily
     check_model_on_data(model, guide, data.to(device) if device is not None else data, "data",
                         *args, **kwargs)
-    return _chunks(model, guide, data, args, kwargs, num_samples, batch_size, device)
+    rank, world = _dist.initialize(device or data.device) if distributed else (0, 1)
+    seed = torch.randint(0, 2**62, ())  # the chunks' seeds: seed, seed + 1, ...
+    if distributed:  # every rank the same seeds, whatever each drew before
+        seed = _dist.broadcast_(seed)
+    return _chunks(model, guide, data, args, kwargs, num_samples, batch_size, device,
+                   int(seed), rank, world)
 
 
-def _chunks(model, guide, data, args, kwargs, num_samples, batch_size, device):
+@contextlib.contextmanager
+def _seeded(seed, device):
+    """torch's generator for ``device`` seeded with ``seed``, restored on exit."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.default_generator.manual_seed(seed)
+        if cuda:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def _chunks(model, guide, data, args, kwargs, num_samples, batch_size, device, seed, rank,
+            world):
     examples_per_chunk = max(1, batch_size // num_samples)
     particles_per_chunk = min(num_samples, batch_size)
     priors = {}  # each Prior's distribution, built once for the whole evaluation
-    for start in range(0, len(data), examples_per_chunk):
+    for i, start in enumerate(range(0, len(data), examples_per_chunk)):
+        if i % world != rank:
+            continue
         rows = slice(start, min(start + examples_per_chunk, len(data)))
         x = data[rows].to(device) if device is not None else data[rows]
         pieces = []
         # Entered per chunk, not around the loop: the caller runs between yields, and must
         # find neither the cache nor no-grad mode switched on.
-        with _cached_priors(priors):
+        with _cached_priors(priors), _seeded(seed + i, x.device):
             for s in range(0, num_samples, particles_per_chunk):
                 n = min(particles_per_chunk, num_samples - s)
                 pieces.append(_log_weights(model, guide, x, n, args, kwargs))
@@ -116,21 +150,27 @@ def _chunks(model, guide, data, args, kwargs, num_samples, batch_size, device):
 
 
 def importance_log_weights(model, guide, data, *args, num_samples=5000, batch_size=None,
-                           device=None, **kwargs):
+                           device=None, distributed=False, **kwargs):
     """The ``(N, num_samples)`` matrix of log importance weights
     ``log p(x_n, z_ns) - log q(z_ns | x_n)`` as a NumPy array (for Pareto k-hat diagnostics).
 
     Arguments as for :func:`importance_log_likelihood`.
     """
+    chunks = log_weight_chunks(model, guide, data, *args, num_samples=num_samples,
+                               batch_size=batch_size, device=device, distributed=distributed,
+                               **kwargs)
+    if distributed:
+        return _dist.gather_rows(((rows, log_w.double().cpu().numpy()) for rows, log_w in chunks),
+                                 len(data), (num_samples,))
     out = np.empty((len(data), num_samples), dtype=np.float64)
-    for rows, log_w in log_weight_chunks(model, guide, data, *args, num_samples=num_samples,
-                                         batch_size=batch_size, device=device, **kwargs):
+    for rows, log_w in chunks:
         out[rows] = log_w.double().cpu().numpy()
     return out
 
 
 def importance_log_likelihood(model, guide, data, *args, num_samples=5000, batch_size=None,
-                              device=None, return_log_weights=False, **kwargs):
+                              device=None, return_log_weights=False, distributed=False,
+                              **kwargs):
     """Per-example importance-sampled estimate of log p(x), a NumPy array of shape ``(N,)``.
 
     Example::
@@ -147,16 +187,25 @@ def importance_log_likelihood(model, guide, data, *args, num_samples=5000, batch
         otherwise.
     :param device: where to move each chunk of data (default: leave it where it is).
     :param bool return_log_weights: also return the ``(N, S)`` log-weights.
+    :param bool distributed: split the chunks over the ranks of the process group (made from
+        ``torchrun``'s environment if there is none) and gather the result on every rank: the
+        same array as a single process's.
     :returns: ``log_px`` ``(N,)`` float64, or ``(log_px, log_weights)``.
     """
     if return_log_weights:
         log_w = importance_log_weights(model, guide, data, *args, num_samples=num_samples,
-                                       batch_size=batch_size, device=device, **kwargs)
+                                       batch_size=batch_size, device=device,
+                                       distributed=distributed, **kwargs)
         return _logmeanexp_np(log_w), log_w
+    chunks = ((rows, _logmeanexp_np(log_w.double().cpu().numpy())) for rows, log_w in
+              log_weight_chunks(model, guide, data, *args, num_samples=num_samples,
+                                batch_size=batch_size, device=device, distributed=distributed,
+                                **kwargs))
+    if distributed:
+        return _dist.gather_rows(chunks, len(data))
     out = np.empty(len(data), dtype=np.float64)
-    for rows, log_w in log_weight_chunks(model, guide, data, *args, num_samples=num_samples,
-                                         batch_size=batch_size, device=device, **kwargs):
-        out[rows] = _logmeanexp_np(log_w.double().cpu().numpy())
+    for rows, log_px in chunks:
+        out[rows] = log_px
     return out
 
 

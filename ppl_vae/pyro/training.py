@@ -14,6 +14,7 @@ KL warm-up weight, a 0-d tensor, ``min(1, epoch / warmup_epochs)`` with epochs c
 fixed within an epoch (as in the reference implementation).
 """
 
+import contextlib
 import math
 import time
 import warnings
@@ -24,7 +25,8 @@ import numpy as np
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import ELBO, Trace_ELBO
+from pyro.infer import ELBO, RenyiELBO, Trace_ELBO
+from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from tqdm.auto import tqdm
 
 from ppl_vae._checks import (
@@ -43,6 +45,7 @@ from ppl_vae.checkpoint import (
     param_signature,
     save_checkpoint,
 )
+from ppl_vae.pyro import distributed as _dist
 from ppl_vae.pyro.priors import prior_cache
 from ppl_vae.pyro.validation import check_model_on_data
 
@@ -87,6 +90,44 @@ class FitResult(NamedTuple):
     config: dict = None
 
 
+def _renyi_loss(elbo, model, guide, *args, **kwargs):
+    """-(the Renyi bound) summed over the examples, differentiable: what Pyro's
+    ``RenyiELBO`` computes, which has no ``differentiable_loss``. For ``alpha=0`` it is the
+    IWAE bound of Burda et al. (2016), per example the log of the mean of the
+    ``num_particles`` importance weights. The weights are those of the scaled sites, so under
+    KL warm-up ``log w = log p(x | z) + beta (log p(z) - log q(z | x))`` (beta = 1: IWAE).
+    The guide's sites must be reparameterised (the gradient is the pathwise one)."""
+    log_w = []
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        # the plates common to every site (the data plate, and the particles' own when
+        # vectorised) are kept: one log-weight per particle and example
+        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+        w = 0.0
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                w = w + torch_sum(site["log_prob"], sum_dims)
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                if not site["fn"].has_rsample:
+                    raise ValueError(
+                        f"elbo=RenyiELBO needs reparameterised guide sites; {site['name']!r} "
+                        f"({type(site['fn']).__name__}) has no rsample.")
+                w = w - torch_sum(site["log_prob"], sum_dims)
+        log_w.append(w)
+    vectorized = elbo.vectorize_particles and elbo.num_particles > 1
+    log_w = log_w[0] if vectorized else torch.stack(log_w)  # (num_particles, N)
+    scaled = (1.0 - elbo.alpha) * log_w
+    bound = (torch.logsumexp(scaled, 0) - math.log(elbo.num_particles)) / (1.0 - elbo.alpha)
+    return -bound.sum()
+
+
+def _differentiable_loss(elbo, model, guide, *args, **kwargs):
+    """``elbo.differentiable_loss``, and the same for ``RenyiELBO`` (IWAE), which lacks it."""
+    if isinstance(elbo, RenyiELBO):
+        return _renyi_loss(elbo, model, guide, *args, **kwargs)
+    return elbo.differentiable_loss(model, guide, *args, **kwargs)
+
+
 def warmup_beta(epoch, warmup_epochs):
     """KL weight for 0-based ``epoch``: ``min(1, (epoch + 1) / warmup_epochs)``, 1 without
     warm-up. Never 0 (``poutine.scale`` rejects a zero scale)."""
@@ -107,16 +148,43 @@ def _as_tensor(name, data, device, num_features=None):
 
 
 @torch.no_grad()
-def elbo_per_example(model, guide, data, elbo=None, batch_size=1000):
-    """Mean single-sample ELBO per example of ``data`` (``model(x, None)``: full KL)."""
+def elbo_per_example(model, guide, data, elbo=None, batch_size=1000, *, distributed=False):
+    """Mean single-sample ELBO per example of ``data`` (``model(x, None)``: full KL).
+
+    :param bool distributed: every rank of the process group computes its block of each
+        chunk (:mod:`ppl_vae.pyro.distributed`) and the sums are added up: the same value on
+        every rank, equal to the single-process one up to float32 summation order.
+    """
     check_int("batch_size", batch_size)
     elbo = elbo or Trace_ELBO()
+    if distributed:
+        _dist.initialize(data.device)
+        total = torch.tensor(_local_elbo_sum(model, guide, data, elbo, batch_size),
+                             dtype=torch.float64, device=data.device)
+        return -float(_dist.all_reduce_sum(total)) / len(data)
     total = 0.0
     with prior_cache():
         for start in range(0, len(data), batch_size):
             x = data[start:start + batch_size]
-            total += float(elbo.differentiable_loss(model, guide, x, None))
+            total += float(_differentiable_loss(elbo, model, guide, x, None))
     return -total / len(data)
+
+
+@torch.no_grad()
+def _local_elbo_sum(model, guide, data, elbo, batch_size):
+    """This rank's part of the summed negative ELBO: its block of every chunk."""
+    rank, world = _dist.shard_index(), _dist.num_shards()
+    total = 0.0
+    with prior_cache():
+        for start in range(0, len(data), batch_size):
+            x = data[start:start + batch_size]
+            lo, hi = _dist.shard_bounds(len(x), rank, world)
+            # An empty block runs row 0 and discards it: its generator advances as the others'.
+            rows = slice(lo, hi) if hi > lo else slice(0, 1)
+            with _dist.shard_sampling(rows, len(x)):
+                loss = float(_differentiable_loss(elbo, model, guide, x[rows], None))
+            total += loss if hi > lo else 0.0
+    return total
 
 
 def _param_state():
@@ -190,7 +258,7 @@ def _run_config(config, **settings):
 def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size=100,
         learning_rate=5e-4, elbo=None, warmup_epochs=0, early_stopping=None,
         checkpoint_dir=None, resume=False, seed=0, device=None, progress=True,
-        description="train", config=None, dynamic_binarization=False):
+        description="train", config=None, dynamic_binarization=False, distributed=False):
     """Train ``model``/``guide`` by SVI on ``train_data``; return a :class:`FitResult`.
 
     On return the parameters of the best epoch (highest validation ELBO; the last epoch without
@@ -230,10 +298,21 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         draws come from torch's generator, which the checkpoints save, so a resumed run
         draws the same. Validation data are used as given (binarise them once, with a fixed
         seed).
+    :param bool distributed: data-parallel over the ranks of ``torchrun`` (the process group
+        is made from its environment if there is none: gloo on a CPU, nccl on CUDA, where
+        ``device="cuda"`` means ``cuda:LOCAL_RANK``). Each rank takes its block of every
+        minibatch and the gradients are summed over ranks, so every rank takes the step a
+        single process takes on the whole minibatch, with the same noise: the result equals
+        the single-process run with the same seed up to float32 summation order
+        (:mod:`ppl_vae.pyro.distributed`). Every rank returns the same result; only rank 0
+        writes checkpoints, which resume on any number of ranks.
     :raises ValueError: bad arguments or data, before any work.
     :raises TrainingDivergedError: the loss or a gradient turned NaN/inf at some step, the
         loss exploded, or the validation ELBO collapsed; the last good epoch's parameters
         are restored and its checkpoints are kept.
+    :raises ~ppl_vae.pyro.distributed.DistributedError: (``distributed=True``) another rank
+        died or stopped answering; the last good epoch's parameters are restored and its
+        checkpoint (on rank 0's disk) is named.
     """
     num_epochs = check_int("num_epochs", num_epochs)
     warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
@@ -248,6 +327,12 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         raise ValueError(f"config must be a dict of plain settings; got {type(config).__name__}.")
     if resume and checkpoint_dir is None:
         raise ValueError("resume=True needs a checkpoint_dir to resume from.")
+    if distributed:
+        rank, world = _dist.initialize(device)
+        device = _dist.local_device(device)
+    else:
+        rank, world = 0, 1
+    main = rank == 0  # writes the checkpoints and shows the progress bar
     device = torch.device(device) if device is not None else torch.device("cpu")
     train_data = _as_tensor("train_data", train_data, device)
     num_train, num_features = train_data.shape
@@ -274,7 +359,7 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
 
     # One trace registers every parameter (networks, pseudo-inputs, ...) in the param store.
     with poutine.trace(param_only=True) as param_capture:
-        elbo.differentiable_loss(model, guide, head[:2], one)
+        _differentiable_loss(elbo, model, guide, head[:2], one)
     names = list(param_capture.trace.nodes)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
     optimizer = torch.optim.Adam(params, lr=learning_rate)
@@ -315,16 +400,18 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
                 f"{legacy_checkpoints(ckpt_dir)[0]} is a checkpoint of ppl_vae 0.1, a pickle, "
                 "which is never loaded (unpickling can run code). Train again (without "
                 "resume, or in another checkpoint_dir).")
-        elif resume:
+        elif resume and main:
             warnings.warn(f"resume=True but {last_path} does not exist; starting from "
                           "scratch.", stacklevel=2)
+    if distributed:
+        _agree_and_broadcast(params, start_epoch, last_path, device)
 
     good = {"epoch": start_epoch, "params": _param_state()}  # what a divergence restores
     num_batches = math.ceil(num_train / batch_size)  # one when batch_size >= N
     exploded = EXPLODED_NATS_PER_DIM * num_features
     collapsed = COLLAPSED_NATS_PER_DIM * num_features
     stopped_early = False
-    bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress,
+    bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress or not main,
                initial=start_epoch, total=num_epochs, unit="epoch", dynamic_ncols=True)
 
     def diverged(reason, epoch, step=None):
@@ -340,6 +427,81 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
             f"Try a smaller learning_rate (now {learning_rate:g}).",
             params=good["params"], epoch=epoch, step=step)
 
+    @contextlib.contextmanager
+    def collective(what, epoch, step=None):
+        """A failed collective (a rank died, or a timeout) as a DistributedError."""
+        try:
+            yield
+        except RuntimeError as e:  # torch.distributed.DistBackendError is one
+            _load_param_state(good["params"])
+            bar.close()
+            at = f"epoch {epoch}" + (f", step {step} of {num_batches}" if step else "")
+            where = (f"the last good checkpoint is {last_path} (epoch {good['epoch']}): resume "
+                     "from it with resume=True, on any number of ranks"
+                     if last_path is not None and good["epoch"] else "no checkpoint was written")
+            raise _dist.DistributedError(
+                f"rank {rank} of {world}: {what} failed in {at}: another rank died or stopped "
+                f"answering ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]}). "
+                f"Stopped; {where}.", epoch=epoch, step=step,
+                checkpoint=last_path if last_path is not None and good["epoch"] else None
+            ) from e
+
+    def shard_step(epoch, i, perm, beta_t):
+        """One step on this rank's block of minibatch ``i``; returns the global loss."""
+        index = perm[i * batch_size:(i + 1) * batch_size]
+        size = len(index)
+        lo, hi = _dist.shard_bounds(size, rank, world)
+        # An empty block runs row 0 and discards it: its generator advances as the others'.
+        rows = slice(lo, hi) if hi > lo else slice(0, 1)
+        if dynamic_binarization:  # the whole minibatch's draws, as a single process's
+            x = torch.bernoulli(train_data[index])[rows]
+        else:
+            x = train_data[index[rows]]
+        failure = None
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            with warnings.catch_warnings(), _dist.shard_sampling(rows, size):
+                warnings.filterwarnings("ignore", message="Encountered NaN")
+                loss = _differentiable_loss(elbo, model, guide, x, beta_t)
+        except ValueError as e:
+            if "invalid values" not in str(e) and "Expected parameter" not in str(e):
+                raise
+            failure, loss = str(e).splitlines()[0][:120], None
+        if loss is not None and hi > lo and bool(torch.isfinite(loss.detach())):
+            loss.backward()
+        zero = torch.zeros((), device=device)
+        local = loss.detach() if loss is not None and hi > lo else zero
+        # one bucket: every gradient, which of them exist, the loss and the failure count
+        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel())
+                          for p in params] + [torch.stack(
+                              [(p.grad is not None) + zero for p in params]
+                              + [local.to(zero.dtype), (failure is not None) + zero])])
+        with collective("the all-reduce of the gradients", epoch + 1, i + 1):
+            _dist.all_reduce_sum(flat)
+        stats = flat[-len(params) - 2:].tolist()
+        value, failures = stats[-2], int(stats[-1])
+        if failures:
+            detail = f" ({failure})" if failure else ""
+            raise diverged(f"a distribution got non-finite parameters on {failures} of {world} "
+                           f"ranks{detail}", epoch + 1, i + 1)
+        if not math.isfinite(value):
+            raise diverged(f"the loss became {value}", epoch + 1, i + 1)
+        if value / size > exploded:
+            raise diverged(f"the loss exploded to {value / size:.3g} nats per example "
+                           f"(more than {EXPLODED_NATS_PER_DIM:g} per dimension)",
+                           epoch + 1, i + 1)
+        offset = 0
+        for p, has_grad in zip(params, stats[:len(params)]):
+            if has_grad:
+                p.grad = flat[offset:offset + p.numel()].view_as(p)
+            offset += p.numel()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        if not bool(torch.isfinite(norm)):
+            raise diverged(f"a gradient became non-finite (norm {float(norm)})", epoch + 1,
+                           i + 1)
+        optimizer.step()
+        return value
+
     for epoch in bar:
         t0 = time.perf_counter()
         beta = warmup_beta(epoch, warmup_epochs)
@@ -349,6 +511,9 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         perm = torch.randperm(num_train).to(device)
         total = 0.0
         for i in range(num_batches):
+            if distributed:
+                total += shard_step(epoch, i, perm, beta_t)
+                continue
             x = train_data[perm[i * batch_size:(i + 1) * batch_size]]
             if dynamic_binarization:
                 x = torch.bernoulli(x)
@@ -356,7 +521,7 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
                 with warnings.catch_warnings():
                     # Pyro warns of a NaN log-density; the divergence error below says more
                     warnings.filterwarnings("ignore", message="Encountered NaN")
-                    loss = elbo.differentiable_loss(model, guide, x, beta_t)
+                    loss = _differentiable_loss(elbo, model, guide, x, beta_t)
             except ValueError as e:
                 if "invalid values" not in str(e) and "Expected parameter" not in str(e):
                     raise
@@ -380,8 +545,15 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         train_loss = total / num_train
         record = {"epoch": epoch + 1, "beta": beta, "learning_rate": learning_rate,
                   "train_loss": train_loss, "valid_elbo": None, "seconds": None}
-        if valid_data is not None:
+        if valid_data is not None and distributed:
+            valid = torch.tensor(_local_elbo_sum(model, guide, valid_data, elbo, 1000),
+                                 dtype=torch.float64, device=device)
+            with collective("the all-reduce of the validation ELBO", epoch + 1):
+                _dist.all_reduce_sum(valid)
+            record["valid_elbo"] = -float(valid) / len(valid_data)
+        elif valid_data is not None:
             record["valid_elbo"] = elbo_per_example(model, guide, valid_data, elbo)
+        if valid_data is not None:
             if not math.isfinite(record["valid_elbo"]):
                 raise diverged(f"the validation ELBO became {record['valid_elbo']}", epoch + 1)
             if record["valid_elbo"] < best["valid_elbo"] - collapsed:
@@ -396,14 +568,14 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         score = record["valid_elbo"] if valid_data is not None else -train_loss
         if score > best["valid_elbo"] or valid_data is None:
             best.update(epoch=epoch + 1, valid_elbo=score, params=params_now, bad_epochs=0)
-            if ckpt_dir is not None:
+            if ckpt_dir is not None and main:
                 save_checkpoint(best_path, _checkpoint_arrays(best["params"]), {
                     "backend": "pyro", "kind": "best", "epoch": epoch + 1,
                     "valid_elbo": record["valid_elbo"], "config": run_config,
                     "signature": signature, "param_names": names})
         elif epoch + 1 > warmup_epochs:
             best["bad_epochs"] += 1
-        if ckpt_dir is not None:
+        if ckpt_dir is not None and main:
             arrays = _checkpoint_arrays(params_now, best["params"], optimizer)
             if device.type == "cuda":
                 arrays["rng/cuda"] = torch.cuda.get_rng_state(device).numpy()
@@ -413,8 +585,11 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
                 "backend": "pyro", "kind": "last", "epoch": epoch + 1, "config": run_config,
                 "signature": signature, "param_names": names, "history": history,
                 "best": {k: v for k, v in best.items() if k != "params"},
-                "optimizer": {"param_groups": param_groups},
+                "optimizer": {"param_groups": param_groups}, "world_size": world,
                 "versions": {"torch": torch.__version__, "pyro": pyro.__version__}})
+        if ckpt_dir is not None and distributed:
+            with collective("the barrier after rank 0's checkpoint", epoch + 1):
+                _dist.barrier()  # no rank runs ahead of rank 0's files
         good = {"epoch": epoch + 1, "params": params_now}
         bar.set_postfix(loss=f"{train_loss:.2f}", valid=(
             f"{record['valid_elbo']:.2f}" if record["valid_elbo"] is not None else "-"),
@@ -428,3 +603,28 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
     return FitResult(history, best["epoch"],
                      best["valid_elbo"] if valid_data is not None else None,
                      stopped_early, ckpt_dir, best["params"], run_config)
+
+
+def _agree_and_broadcast(params, start_epoch, last_path, device):
+    """Every rank must start from the same epoch (a checkpoint_dir that one rank cannot see
+    would silently split the run); then rank 0's parameters go to all, as DDP does, so that
+    networks built without a common seed start alike."""
+    epochs = torch.tensor([start_epoch, -start_epoch], dtype=torch.float64, device=device)
+    try:
+        torch.distributed.all_reduce(epochs, op=torch.distributed.ReduceOp.MAX)
+        flat = torch.cat([p.detach().reshape(-1) for p in params])
+        torch.distributed.broadcast(flat, 0)
+    except RuntimeError as e:
+        raise _dist.DistributedError(
+            f"rank {_dist.shard_index()}: the ranks could not agree on a start: another rank "
+            f"died or stopped answering ({type(e).__name__}: {str(e).strip()[:200]}).") from e
+    if epochs[0] != -epochs[1]:
+        raise CheckpointError(
+            f"the ranks would resume from different epochs ({int(-epochs[1])} to "
+            f"{int(epochs[0])}; rank {_dist.shard_index()} from {start_epoch}): {last_path} "
+            "must be visible to every rank (one host, or a shared file system).")
+    with torch.no_grad():
+        offset = 0
+        for p in params:
+            p.copy_(flat[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
