@@ -1,4 +1,5 @@
-"""Train VAEs with different priors on binary MNIST and report their test log-likelihood.
+"""Train VAEs with different priors (MNIST by default, or any dataset of the paper) and report
+their test log-likelihood.
 
 Run (offline, ~3 minutes on a 2-core CPU, embedded 5,000-digit MNIST sample):
 
@@ -176,7 +177,9 @@ def parse_args(argv=None):
                    help="evaluate a fixed random subset of N test images (seed 0, the same "
                         "for every run; the static-MNIST test file is grouped by digit, so "
                         "its first N images are not a sample)")
-    p.add_argument("--seed", type=int, default=DEFAULTS["seed"])
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                   help="seeds initialisation, shuffling and the ELBO and importance samples "
+                        "(the data and their binarisation never depend on it)")
     p.add_argument("--device", default=DEFAULTS["device"], help="cpu, cuda or cuda:N")
     p.add_argument("--out", default=DEFAULTS["out"], help="output directory")
     p.add_argument("--resume", action="store_true",
