@@ -26,6 +26,8 @@ __all__ = [
     "check_positive_float",
     "check_data",
     "support_error",
+    "exploded_reason",
+    "valid_elbo_problem",
     "EXPLODED_NATS_PER_DIM",
     "COLLAPSED_NATS_PER_DIM",
 ]
@@ -123,3 +125,21 @@ def support_error(name, site, kind, row, col, value):
     return ValueError(
         f"{name} is outside the support of the model's likelihood at site {site!r}: it needs "
         f"{describe_support(kind)}, and row {row}, column {col} is {value!r}.{advice}")
+
+
+def exploded_reason(loss_per_example):
+    """Why a step whose loss per example exceeds the exploded rule diverged."""
+    return (f"the loss exploded to {loss_per_example:.3g} nats per example (more than "
+            f"{EXPLODED_NATS_PER_DIM:g} per dimension)")
+
+
+def valid_elbo_problem(valid_elbo, best_valid_elbo, best_epoch, num_features):
+    """The divergence reason for an epoch's validation ELBO (non-finite, or collapsed more
+    than ``COLLAPSED_NATS_PER_DIM`` per dimension below the best), or None."""
+    if not np.isfinite(valid_elbo):
+        return f"the validation ELBO became {valid_elbo}"
+    if valid_elbo < best_valid_elbo - COLLAPSED_NATS_PER_DIM * num_features:
+        return (f"the validation ELBO collapsed to {valid_elbo:.2f}, more than "
+                f"{COLLAPSED_NATS_PER_DIM:g} nats per dimension below the best "
+                f"({best_valid_elbo:.2f}, epoch {best_epoch})")
+    return None

@@ -42,3 +42,17 @@ def test_elbo_per_example_checks_batch_size_in_both_backends():
         pp.elbo_per_example(None, None, x, batch_size=0)
     with pytest.raises(ValueError, match=r"^batch_size must be a positive int; got 0\.$"):
         pn.elbo_per_example(random.PRNGKey(0), None, None, x, batch_size=0)
+
+
+def test_divergence_rules_of_both_backends():
+    from ppl_vae._checks import exploded_reason, valid_elbo_problem
+
+    # 2 nats per dimension below the best: with D = 10, -100 against -79.9 is fine
+    assert valid_elbo_problem(-100.0, -80.0 + 0.1, 3, 10) is None
+    assert valid_elbo_problem(-100.5, -80.0, 3, 10) == (
+        "the validation ELBO collapsed to -100.50, more than 2 nats per dimension below the "
+        "best (-80.00, epoch 3)")
+    assert valid_elbo_problem(float("nan"), -80.0, 3, 10) == "the validation ELBO became nan"
+    assert valid_elbo_problem(-5.0, float("-inf"), -1, 10) is None  # no best yet
+    assert exploded_reason(6.14e8) == ("the loss exploded to 6.14e+08 nats per example (more "
+                                       "than 1000 per dimension)")

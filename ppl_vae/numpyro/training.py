@@ -42,11 +42,12 @@ from numpyro.optim import optax_to_numpyro
 from tqdm.auto import tqdm
 
 from ppl_vae._checks import (
-    COLLAPSED_NATS_PER_DIM,
     EXPLODED_NATS_PER_DIM,
     check_data,
     check_int,
     check_positive_float,
+    exploded_reason,
+    valid_elbo_problem,
 )
 from ppl_vae.checkpoint import (
     CheckpointError,
@@ -453,7 +454,6 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     valid_fn = (_elbo_sum_fn(model, guide, elbo, 1000, len(valid_data), mesh)
                 if valid_data is not None else None)
     num_batches = math.ceil(num_train / batch_size)
-    collapsed = COLLAPSED_NATS_PER_DIM * num_features
 
     stopped_early = False
     bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress or not main,
@@ -499,9 +499,7 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
             size = batch_size if bad < num_train // batch_size else num_train % batch_size
             value = float(bad_loss)
             reason = (f"the loss or a gradient became non-finite (loss {value})"
-                      if not math.isfinite(value) else
-                      f"the loss exploded to {value / size:.3g} nats per example (more than "
-                      f"{EXPLODED_NATS_PER_DIM:g} per dimension)")
+                      if not math.isfinite(value) else exploded_reason(value / size))
             raise diverged(reason, epoch + 1, bad + 1)
         train_loss = float(total) / num_train
         record = {"epoch": epoch + 1, "beta": beta, "learning_rate": learning_rate,
@@ -515,13 +513,10 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
                 if jax.process_count() == 1:
                     raise
                 raise lost(e, epoch + 1) from e
-            if not math.isfinite(record["valid_elbo"]):
-                raise diverged(f"the validation ELBO became {record['valid_elbo']}", epoch + 1)
-            if record["valid_elbo"] < best["valid_elbo"] - collapsed:
-                raise diverged(
-                    f"the validation ELBO collapsed to {record['valid_elbo']:.2f}, more than "
-                    f"{COLLAPSED_NATS_PER_DIM:g} nats per dimension below the best "
-                    f"({best['valid_elbo']:.2f}, epoch {best['epoch']})", epoch + 1)
+            problem = valid_elbo_problem(record["valid_elbo"], best["valid_elbo"],
+                                         best["epoch"], num_features)
+            if problem:
+                raise diverged(problem, epoch + 1)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
 

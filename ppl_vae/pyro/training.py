@@ -30,11 +30,12 @@ from pyro.infer.util import get_dependent_plate_dims, torch_sum
 from tqdm.auto import tqdm
 
 from ppl_vae._checks import (
-    COLLAPSED_NATS_PER_DIM,
     EXPLODED_NATS_PER_DIM,
     check_data,
     check_int,
     check_positive_float,
+    exploded_reason,
+    valid_elbo_problem,
 )
 from ppl_vae._numerics import keep_optimizer_state_normal
 from ppl_vae.checkpoint import (
@@ -409,7 +410,6 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
     good = {"epoch": start_epoch, "params": _param_state()}  # what a divergence restores
     num_batches = math.ceil(num_train / batch_size)  # one when batch_size >= N
     exploded = EXPLODED_NATS_PER_DIM * num_features
-    collapsed = COLLAPSED_NATS_PER_DIM * num_features
     stopped_early = False
     bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress or not main,
                initial=start_epoch, total=num_epochs, unit="epoch", dynamic_ncols=True)
@@ -487,9 +487,7 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         if not math.isfinite(value):
             raise diverged(f"the loss became {value}", epoch + 1, i + 1)
         if value / size > exploded:
-            raise diverged(f"the loss exploded to {value / size:.3g} nats per example "
-                           f"(more than {EXPLODED_NATS_PER_DIM:g} per dimension)",
-                           epoch + 1, i + 1)
+            raise diverged(exploded_reason(value / size), epoch + 1, i + 1)
         offset = 0
         for p, has_grad in zip(params, stats[:len(params)]):
             if has_grad:
@@ -531,9 +529,7 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
             if not math.isfinite(value):
                 raise diverged(f"the loss became {value}", epoch + 1, i + 1)
             if value / len(x) > exploded:
-                raise diverged(f"the loss exploded to {value / len(x):.3g} nats per example "
-                               f"(more than {EXPLODED_NATS_PER_DIM:g} per dimension)",
-                               epoch + 1, i + 1)
+                raise diverged(exploded_reason(value / len(x)), epoch + 1, i + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
@@ -554,13 +550,10 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         elif valid_data is not None:
             record["valid_elbo"] = elbo_per_example(model, guide, valid_data, elbo)
         if valid_data is not None:
-            if not math.isfinite(record["valid_elbo"]):
-                raise diverged(f"the validation ELBO became {record['valid_elbo']}", epoch + 1)
-            if record["valid_elbo"] < best["valid_elbo"] - collapsed:
-                raise diverged(
-                    f"the validation ELBO collapsed to {record['valid_elbo']:.2f}, more than "
-                    f"{COLLAPSED_NATS_PER_DIM:g} nats per dimension below the best "
-                    f"({best['valid_elbo']:.2f}, epoch {best['epoch']})", epoch + 1)
+            problem = valid_elbo_problem(record["valid_elbo"], best["valid_elbo"],
+                                         best["epoch"], num_features)
+            if problem:
+                raise diverged(problem, epoch + 1)
         record["seconds"] = time.perf_counter() - t0
         history.append(record)
 
