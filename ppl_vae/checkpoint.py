@@ -44,6 +44,7 @@ __all__ = [
     "load_checkpoint",
     "config_mismatches",
     "check_resumable",
+    "check_signature",
     "param_signature",
     "legacy_checkpoints",
 ]
@@ -207,6 +208,25 @@ def _short(value, limit=80):
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
+def _signature_differences(saved, signature):
+    """``(parameter name, in the checkpoint, now)`` for every parameter whose shape or dtype
+    differs, or that exists on one side only."""
+    differences = []
+    for name in sorted(set(saved) | set(signature)):
+        if name not in signature:
+            differences.append((f"parameter {name}", saved[name], "absent"))
+        elif name not in saved:
+            differences.append((f"parameter {name}", "absent", signature[name]))
+        elif not _same(saved[name], json.loads(json.dumps(signature[name]))):
+            differences.append((f"parameter {name}", saved[name], signature[name]))
+    return differences
+
+
+def _lines(differences):
+    return "\n".join(f"  {key}: checkpoint {_short(old)}, now {_short(new)}"
+                     for key, old, new in differences)
+
+
 def check_resumable(path, meta, config, signature):
     """Refuse to resume from ``path`` when its configuration or parameter shapes differ.
 
@@ -215,20 +235,27 @@ def check_resumable(path, meta, config, signature):
     :param dict signature: :func:`param_signature` of the new run's parameters.
     :raises CheckpointMismatchError: listing every differing setting.
     """
-    differences = config_mismatches(meta.get("config", {}), config)
-    saved_sig = meta.get("signature", {})
-    for name in sorted(set(saved_sig) | set(signature)):
-        if name not in signature:
-            differences.append((f"parameter {name}", saved_sig[name], "absent"))
-        elif name not in saved_sig:
-            differences.append((f"parameter {name}", "absent", signature[name]))
-        elif not _same(saved_sig[name], json.loads(json.dumps(signature[name]))):
-            differences.append((f"parameter {name}", saved_sig[name], signature[name]))
+    differences = (config_mismatches(meta.get("config", {}), config)
+                   + _signature_differences(meta.get("signature", {}), signature))
     if differences:
-        lines = "\n".join(f"  {key}: checkpoint {_short(old)}, now {_short(new)}"
-                          for key, old, new in differences)
         raise CheckpointMismatchError(
             f"cannot resume from {path}: it was written by a run with other settings.\n"
-            f"{lines}\nResume with the checkpoint's settings, or start a new run in another "
-            "--out directory (checkpoint_dir). Only these may change on resume: "
+            f"{_lines(differences)}\nResume with the checkpoint's settings, or start a new run "
+            "in another --out directory (checkpoint_dir). Only these may change on resume: "
             f"{', '.join(sorted(RESUMABLE))}.", differences)
+
+
+def check_signature(path, meta, signature):
+    """Refuse to load the parameters of ``path`` into a model whose parameters differ.
+
+    :param meta: the checkpoint's metadata (with ``signature``).
+    :param dict signature: :func:`param_signature` of the model's parameters.
+    :raises CheckpointMismatchError: listing every differing parameter.
+    """
+    differences = _signature_differences(meta.get("signature", {}), signature)
+    if differences:
+        raise CheckpointMismatchError(
+            f"cannot load the parameters of {path} into this model: they were trained for "
+            f"another one.\n{_lines(differences)}\nBuild the model and guide with the "
+            f"checkpoint's settings (its config: {_short(meta.get('config', {}), 200)}).",
+            differences)

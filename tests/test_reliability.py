@@ -327,3 +327,31 @@ def test_bad_settings_name_the_argument(backend):
     ]:
         with pytest.raises(ValueError, match=expected.replace("(", r"\(")):
             _fit(backend, model, guide, _data(), num_epochs=1, **kwargs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_load_params_refuses_another_model(backend, tmp_path):
+    model, guide = _vae(backend)
+    result = _fit(backend, model, guide, _data(), num_epochs=1, checkpoint_dir=tmp_path)
+    load = (pp.training.load_params if backend == "pyro" else pn.training.load_params)
+    model, guide = _vae(backend, num_pseudo=K + 2)
+    with pytest.raises(CheckpointMismatchError, match=r"cannot load the parameters of .*"
+                       r"best\.npz into this model(.|\n)*pseudo_inputs"):
+        load(tmp_path / "best.npz", model, guide, _data())
+    model, guide = _vae(backend)
+    loaded = load(tmp_path / "best.npz", model, guide, _data())
+    if backend == "numpyro":
+        params, meta = loaded
+        import jax
+
+        for a, b in zip(jax.tree_util.tree_leaves(params),
+                        jax.tree_util.tree_leaves(result.params)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    else:
+        import pyro
+
+        meta = loaded
+        for name, value in pyro.get_param_store().named_parameters():
+            np.testing.assert_array_equal(value.detach().numpy(),
+                                          result.params[name].numpy())
+    assert meta["kind"] == "best" and meta["epoch"] == 1

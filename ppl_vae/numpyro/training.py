@@ -52,6 +52,7 @@ from ppl_vae._checks import (
 from ppl_vae.checkpoint import (
     CheckpointError,
     check_resumable,
+    check_signature,
     legacy_checkpoints,
     load_checkpoint,
     param_signature,
@@ -235,8 +236,7 @@ def load_params(path, model, guide, data, *args):
     template = svi.get_params(svi.init(random.PRNGKey(0), jnp.asarray(data[:2]), *args))
     names = list(_host_params(template))
     flat = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
-    check_resumable(path, {"config": {}, "signature": meta.get("signature", {})}, {},
-                    param_signature(_host_params(template)))
+    check_signature(path, meta, param_signature(_host_params(template)))
     return _params_tree(jax.tree_util.tree_structure(template), names, flat, path), meta
 
 

@@ -41,6 +41,7 @@ from ppl_vae._numerics import keep_optimizer_state_normal
 from ppl_vae.checkpoint import (
     CheckpointError,
     check_resumable,
+    check_signature,
     legacy_checkpoints,
     load_checkpoint,
     param_signature,
@@ -246,8 +247,7 @@ def load_params(path, model, guide, data, *args, device=None):
         Trace_ELBO().differentiable_loss(model, guide, x, *args)
     current = {name: site["value"].unconstrained().detach().cpu().numpy()
                for name, site in capture.trace.nodes.items()}
-    check_resumable(path, {"config": {}, "signature": meta.get("signature", {})}, {},
-                    param_signature(current))
+    check_signature(path, meta, param_signature(current))
     _load_param_state(_group(arrays, "params", device))
     return meta
 
