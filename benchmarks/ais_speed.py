@@ -31,7 +31,6 @@ bounds on ``--bdmc-examples`` images simulated from the model for every ``--bdmc
 
 import argparse
 import json
-import statistics
 import time
 from functools import partial
 from pathlib import Path
@@ -40,7 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from throughput import HIDDEN, INPUT, LATENT, K, gemm_rate  # noqa: E402
+from throughput import HIDDEN, INPUT, LATENT, K, gemm_rate, interleaved_medians  # noqa: E402
 
 STATIC_MNIST = ROOT.parent / "shared" / "data"
 
@@ -109,16 +108,10 @@ def speed(args):
     floor = flops / rate / 1e9
     runners = {"pyro": pyro_ais, "numpyro": numpyro_ais}
     runs = {b: runners[b](x, settings) for b in args.backends}
-    for run in runs.values():  # warm-up / compilation
-        run()
-    times = {b: [] for b in runs}
-    for r in range(args.repeats):
-        for b in (list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]):
-            t0 = time.perf_counter()
-            out = runs[b]()
-            times[b].append(time.perf_counter() - t0)
-            assert np.isfinite(out.log_likelihood).all()
-    med = {b: statistics.median(t) for b, t in times.items()}
+    def check(_, out):
+        assert np.isfinite(out.log_likelihood).all()
+
+    med = interleaved_medians(runs, args.repeats, check)
     image_steps = len(x) * args.num_steps
     print(f"{len(x)} {source} images x {args.num_chains} chains x {args.num_steps} steps x "
           f"{args.num_leapfrog} leapfrog: {flops / 1e12:.2f} TFLOP in gradient evaluations "

@@ -16,8 +16,6 @@ pseudo-inputs' encodings.
 
 import argparse
 import json
-import statistics
-import time
 from functools import partial
 from pathlib import Path
 
@@ -25,7 +23,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from throughput import BATCH, HIDDEN, INPUT, LATENT, K, gemm_rate  # noqa: E402,F401
+from throughput import (  # noqa: E402,F401
+    BATCH,
+    HIDDEN,
+    INPUT,
+    LATENT,
+    K,
+    gemm_rate,
+    interleaved_medians,
+)
 
 STATIC_MNIST = ROOT.parent / "shared" / "data"
 
@@ -97,16 +103,10 @@ def main(argv=None):
     floor = flops / rate / 1e9
     runners = {"pyro": pyro_eval, "numpyro": numpyro_eval}
     runs = {b: runners[b](x, args.num_samples, args.batch_size) for b in args.backends}
-    for run in runs.values():  # warm-up / compilation
-        run()
-    times = {b: [] for b in runs}
-    for r in range(args.repeats):
-        for b in (list(runs)[r % len(runs):] + list(runs)[:r % len(runs)]):
-            t0 = time.perf_counter()
-            ll = runs[b]()
-            times[b].append(time.perf_counter() - t0)
-            assert ll.shape == (len(x),) and np.isfinite(ll).all()
-    med = {b: statistics.median(t) for b, t in times.items()}
+    def check(_, ll):
+        assert ll.shape == (len(x),) and np.isfinite(ll).all()
+
+    med = interleaved_medians(runs, args.repeats, check)
     chunk = args.batch_size or "default"
     print(f"{len(x)} {source} images x {args.num_samples} samples: {flops / 1e12:.2f} TFLOP; "
           f"GEMM {rate:.0f} GFLOP/s -> floor {floor:.1f} s; batch_size {chunk}")

@@ -109,6 +109,25 @@ def step_gemm_shapes(num_pseudo=K, batch=BATCH):
     return shapes
 
 
+def interleaved_medians(runs, repeats, check=None):
+    """Median seconds per call of each runner in ``runs`` (name -> callable): one untimed call
+    each (warm-up, compilation), then ``repeats`` rounds with the order rotated every round,
+    so that no contender always runs after the same one. ``check(name, output)`` validates
+    every timed output."""
+    for run in runs.values():
+        run()
+    times = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            out = runs[name]()
+            times[name].append(time.perf_counter() - t0)
+            if check is not None:
+                check(name, out)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def gemm_runner(num_pseudo=K):
     """Only the step's matrix products, back to back (what the step cannot go below)."""
     pairs = [(torch.randn(m, k), torch.randn(k, n)) for m, k, n in step_gemm_shapes(num_pseudo)]
