@@ -707,13 +707,12 @@ def main(argv=None):
         raise SystemExit(EXIT_USAGE) from None
     except _distributed_errors(args.backend) as e:  # --distributed: a rank or host was lost
         print(f"error: {e}", file=sys.stderr)
-        if args.backend == "numpyro":
-            # JAX's exit barrier would wait for the lost host until its heartbeat timeout,
-            # then abort: leave now (the checkpoints are on disk).
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_LOST)
-        raise SystemExit(EXIT_LOST) from None
+        # Leave now, the checkpoints are on disk: JAX's exit barrier would wait for the lost
+        # host until its heartbeat timeout and abort, and torch's c10d threads can abort the
+        # interpreter's teardown once a peer is gone.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_LOST)
     if diverged:
         if args.is_main:
             print(f"\nerror: training diverged for {', '.join(diverged)} (see above and "

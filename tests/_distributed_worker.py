@@ -115,12 +115,16 @@ def run_pyro(out):
         np.savez(out / "eval.npz", **results)
     dist.barrier()
     dist.destroy_process_group()
-    # Leave without the interpreter's teardown: with the CUDA build of torch (what pip gives
-    # on Python 3.12+) a c10d background thread sometimes outlives it and aborts the process
-    # ("terminate called without an active exception") after all the work is done.
+    _leave(0)
+
+
+def _leave(status):
+    """Exit without the interpreter's teardown: a c10d background thread sometimes outlives
+    it and aborts the process ("terminate called without an active exception") after the
+    work is done, seen with both torch builds, above all after a peer died."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(0)
+    os._exit(status)
 
 
 def run_pyro_die(out):
@@ -138,8 +142,8 @@ def run_pyro_die(out):
         (out / f"error_{rank}.json").write_text(json.dumps({
             "message": str(e), "epoch": e.epoch, "step": e.step,
             "checkpoint": None if e.checkpoint is None else str(e.checkpoint)}))
-        sys.exit(3)
-    sys.exit(0)
+        _leave(3)
+    _leave(0)
 
 
 # ----------------------------------------------------------------------------------- NumPyro
