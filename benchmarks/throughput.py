@@ -12,9 +12,9 @@ over rounds of the mean step time of ``--steps`` consecutive steps:
   step (``elbo.differentiable_loss`` of ``models.vae_pyro`` / ``guides.vae_pyro``, backward,
   Adam) with ``Trace_ELBO`` / ``TraceMeanField_ELBO``;
 - ``torch_matmul``: a hand-written PyTorch step of the same network, mixture log-density as
-  matrix products (written the same way as ppl_vae);
+  matrix products and Adam's fused kernel (written the same way as ppl_vae);
 - ``torch_broadcast``: a plain hand-written PyTorch step, mixture log-density by broadcasting
-  to ``(B, K, L)`` (the usual way);
+  to ``(B, K, L)`` and torch's default (for-loop) Adam (the usual way);
 - ``matmuls_only``: the step's matrix products alone (forward and backward), back to back;
 - ``numpyro`` / ``jax_matmul``: ppl_vae's NumPyro path (``fit``'s jitted epoch, step = epoch /
   steps) and a hand-written jitted JAX + optax epoch (``benchmarks/_jax_contenders.py``), when
@@ -52,6 +52,7 @@ import ppl_vae.pyro as pv
 from ppl_vae.guides.vae_pyro import vae_guide
 from ppl_vae.models.vae_pyro import vae_model
 from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
+from ppl_vae.pyro.training import _adam as fit_adam
 
 # ---- settings -----------------------------------------------------------------------------
 BATCH, K, LATENT, HIDDEN, INPUT, LR = 100, 500, 40, 300, 784, 5e-4
@@ -199,7 +200,7 @@ def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K, trai
     with pyro.poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(model, guide, data[:2], beta)
     params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
-    opt = torch.optim.Adam(params, lr=LR)
+    opt = fit_adam(params, LR)  # fit's optimizer: Adam with torch's fused kernel
     if trained is not None:
         _install_state(dict(zip(capture.trace.nodes, params)), opt, trained)
     gen = torch.Generator().manual_seed(0)
@@ -232,7 +233,8 @@ def torch_runner(data, mixture="matmul", prior_kind="vamp", num_pseudo=K, traine
     params = list(enc.parameters()) + list(dec.parameters())
     if prior_kind == "vamp":
         params.append(pseudo)
-    opt = torch.optim.Adam(params, lr=LR)
+    # written the same way as ppl_vae: fused Adam; the plain step: torch's default Adam
+    opt = fit_adam(params, LR) if mixture == "matmul" else torch.optim.Adam(params, lr=LR)
     if trained is not None:  # the Pyro param-store names of the same modules
         named = {f"encoder$$${k}": v for k, v in enc.named_parameters()}
         named.update({f"decoder$$${k}": v for k, v in dec.named_parameters()})

@@ -16,7 +16,7 @@ from ppl_vae._numerics import (
     negligible_threshold,
 )
 from ppl_vae.pyro import VampPrior
-from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
+from ppl_vae.pyro._mixture_math import _logsumexp_near, diag_normal_mixture_log_prob, far_nats
 from ppl_vae.pyro.priors import DiagonalNormalMixture
 
 TINY = torch.finfo(torch.float32).tiny
@@ -57,11 +57,41 @@ def _far_component(dtype=torch.float32):
 
 
 def test_the_mixture_log_density_makes_subnormal_gradients():
-    # The mechanism of issue 14, without the cut: logsumexp's backward weights the far
+    # The mechanism of issue 14, without the fixes: logsumexp's backward weights the far
     # component's gradient by its responsibility, a subnormal.
     loc, scale, z = _far_component()
-    diag_normal_mixture_log_prob(z, loc, scale).sum().backward()
+    with fixes_disabled():
+        diag_normal_mixture_log_prob(z, loc, scale).sum().backward()
     assert count_subnormal(loc.grad) == 1 and count_subnormal(scale.grad) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_floored_logsumexp_is_logsumexp_at_the_dtypes_precision(dtype):
+    # Entries 0 to 3.7 far_nats below the best one (80.3 nats in float32, 701.4 in float64),
+    # against float64 torch.logsumexp. Each floored entry adds at most exp(-far_nats) to a sum
+    # >= 1, so the value is logsumexp's to rounding (a few ulp of a value ~3), and so is
+    # the gradient: exp(c - lse), whose argument (up to far_nats in size) carries an absolute
+    # rounding error of about |c| eps, so a relative one of far_nats eps; the floored
+    # responsibilities, all below exp(-far_nats), become 0.
+    g = torch.Generator().manual_seed(0)
+    c = (-3.7 * far_nats(dtype) * torch.rand(64, 500, generator=g, dtype=torch.float64)).to(dtype)
+    c[:, 7] = 0.5
+    c.requires_grad_(True)
+    floored = _logsumexp_near(c)
+    floored.sum().backward()
+    ref_c = c.detach().double().requires_grad_(True)
+    ref = torch.logsumexp(ref_c, -1)
+    ref.sum().backward()
+    eps = torch.finfo(dtype).eps
+    assert (c.detach() < -far_nats(dtype)).float().mean() > 0.5
+    torch.testing.assert_close(floored.double(), ref, rtol=0, atol=8 * eps)
+    torch.testing.assert_close(c.grad.double(), ref_c.grad, rtol=far_nats(dtype) * eps,
+                               atol=2e-35)
+    assert c.grad[c.detach() < 0.5 - far_nats(dtype)].abs().max() == 0
+    # rows that torch.logsumexp maps to -inf, +inf and NaN map there too
+    odd = torch.tensor([[-math.inf, -math.inf], [0.0, math.inf], [math.nan, 1.0]], dtype=dtype)
+    assert torch.equal(_logsumexp_near(odd).isnan(), torch.logsumexp(odd, -1).isnan())
+    assert _logsumexp_near(odd)[:2].tolist() == torch.logsumexp(odd, -1)[:2].tolist()
 
 
 @pytest.mark.parametrize("make", [

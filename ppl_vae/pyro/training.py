@@ -218,6 +218,18 @@ def _group(arrays, prefix, device):
             if k.startswith(prefix + "/")}
 
 
+def _adam(params, learning_rate):
+    """``torch.optim.Adam`` with the fused kernel where torch has one for the parameters'
+    device (CPU and CUDA): one pass over each parameter instead of the for-loop version's
+    six (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``, ``div``, ``addcdiv_``), which took a
+    fifth of a VampPrior VAE step on the CPU. The same update: Adam's algorithm, so the
+    checkpoints (``exp_avg``, ``exp_avg_sq``, ``step``) are interchangeable."""
+    try:
+        return torch.optim.Adam(params, lr=learning_rate, fused=True)
+    except RuntimeError:  # "fused=True requires ... Tensors of supported devices"
+        return torch.optim.Adam(params, lr=learning_rate)
+
+
 def _optimizer_state(arrays, param_groups):
     state = {}
     for key, value in arrays.items():
@@ -363,7 +375,7 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         _differentiable_loss(elbo, model, guide, head[:2], one)
     names = list(param_capture.trace.nodes)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
-    optimizer = torch.optim.Adam(params, lr=learning_rate)
+    optimizer = _adam(params, learning_rate)
     # Adam's first moment of a parameter whose gradient is exactly 0 (a pseudo-input pixel
     # outside hardtanh's [0, 1]) decays into subnormals that never reach 0 and slow every
     # step; zero them every 100 steps (ppl_vae._numerics; results unchanged)
@@ -388,9 +400,10 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
             check_resumable(last_path, meta, run_config, signature)
             _load_param_state(_group(arrays, "params", device))
             param_groups = meta["optimizer"]["param_groups"]
+            options = {k: optimizer.param_groups[0][k] for k in ("lr", "fused", "foreach")}
             optimizer.load_state_dict(_optimizer_state(arrays, param_groups))
-            for group in optimizer.param_groups:  # the new learning rate applies from here
-                group["lr"] = learning_rate
+            for group in optimizer.param_groups:  # this run's learning rate and kernel
+                group.update(options)
             torch.set_rng_state(torch.as_tensor(arrays["rng/torch"]))
             if device.type == "cuda" and "rng/cuda" in arrays:
                 torch.cuda.set_rng_state(torch.as_tensor(arrays["rng/cuda"]), device)
