@@ -200,7 +200,7 @@ def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K, trai
     with pyro.poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(model, guide, data[:2], beta)
     params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
-    opt = fit_adam(params, LR)  # fit's optimizer: Adam with torch's fused kernel
+    opt = fit_adam(params, LR)  # fit's optimizer: fused Adam, its state kept normal
     if trained is not None:
         _install_state(dict(zip(capture.trace.nodes, params)), opt, trained)
     gen = torch.Generator().manual_seed(0)

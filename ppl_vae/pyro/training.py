@@ -223,11 +223,17 @@ def _adam(params, learning_rate):
     device (CPU and CUDA): one pass over each parameter instead of the for-loop version's
     six (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``, ``div``, ``addcdiv_``), which took a
     fifth of a VampPrior VAE step on the CPU. The same update: Adam's algorithm, so the
-    checkpoints (``exp_avg``, ``exp_avg_sq``, ``step``) are interchangeable."""
+    checkpoints (``exp_avg``, ``exp_avg_sq``, ``step``) are interchangeable. Registers
+    :func:`~ppl_vae._numerics.keep_optimizer_state_normal` on it."""
     try:
-        return torch.optim.Adam(params, lr=learning_rate, fused=True)
+        optimizer = torch.optim.Adam(params, lr=learning_rate, fused=True)
     except RuntimeError:  # "fused=True requires ... Tensors of supported devices"
-        return torch.optim.Adam(params, lr=learning_rate)
+        optimizer = torch.optim.Adam(params, lr=learning_rate)
+    # Adam's first moment of a parameter whose gradient is exactly 0 (a pseudo-input pixel
+    # outside hardtanh's [0, 1]) decays into subnormals that never reach 0 and slow every
+    # step; zero them every 100 steps (ppl_vae._numerics; results unchanged)
+    keep_optimizer_state_normal(optimizer)
+    return optimizer
 
 
 def _optimizer_state(arrays, param_groups):
@@ -376,10 +382,6 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
     names = list(param_capture.trace.nodes)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
     optimizer = _adam(params, learning_rate)
-    # Adam's first moment of a parameter whose gradient is exactly 0 (a pseudo-input pixel
-    # outside hardtanh's [0, 1]) decays into subnormals that never reach 0 and slow every
-    # step; zero them every 100 steps (ppl_vae._numerics; results unchanged)
-    keep_optimizer_state_normal(optimizer)
     run_config = _run_config(
         config, elbo=type(elbo).__name__, num_particles=getattr(elbo, "num_particles", 1),
         batch_size=batch_size, warmup_epochs=warmup_epochs, seed=seed, num_train=num_train,
