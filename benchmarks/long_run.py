@@ -32,12 +32,13 @@ slow-down; ``--json`` keeps every epoch's time.
 Subnormal floats made the Pyro epoch grow (0.5 s to 4 s over 60 Frey Faces epochs): the
 VampPrior's log-density gave far-away components subnormal gradients, which then ran back
 through the encoder's matrix products; and Adam's first moments of pseudo-input pixels stuck
-outside [0, 1] decayed into the subnormal range and stayed there (see
-``ppl_vae/_numerics.py``). ``--no-fix`` turns ppl_vae's fixes off to reproduce that;
-``--state-flush`` applies the optimizer-state part to ``fit`` from outside, for as long as
-``fit`` does not do it itself; ``--flush-denormal`` runs the torch-side contenders inside
-``ppl_vae._numerics.flush_denormal()`` (the global CPU switch; it covers only the calling
-thread, so use it with ``--threads 1``).
+outside [0, 1] decayed into the subnormal range and stayed there. A third slow path is not
+subnormal: torch's CPU ``exp`` is 80-200x slower below -87, which is where the far
+components of the mixture's log-sum-exp sit; it made the epoch creep up 15-19% over 100
+epochs after the first two were fixed (see ``ppl_vae/_numerics.py``). ``--no-fix`` turns
+ppl_vae's fixes off to reproduce all three; ``--flush-denormal`` runs the torch-side
+contenders inside ``ppl_vae._numerics.flush_denormal()`` (the global CPU switch; it covers
+only the calling thread, so use it with ``--threads 1``).
 """
 
 import argparse
@@ -96,32 +97,6 @@ def _library_fix(enabled):
     return contextlib.nullcontext() if enabled else fixes_disabled()
 
 
-@contextlib.contextmanager
-def _state_flush_from_outside(enabled):
-    """``--state-flush``: every ``torch.optim.Adam`` made in the block (``fit`` makes one)
-    gets ``ppl_vae._numerics.keep_optimizer_state_normal``, as if ``fit`` had wired it in;
-    where ``fit`` already does, the second hook finds nothing to flush."""
-    import torch
-
-    from ppl_vae._numerics import keep_optimizer_state_normal
-
-    if not enabled:
-        yield
-        return
-    adam = torch.optim.Adam
-
-    def make_adam(*args, **kwargs):
-        optimizer = adam(*args, **kwargs)
-        keep_optimizer_state_normal(optimizer)
-        return optimizer
-
-    torch.optim.Adam = make_adam
-    try:
-        yield
-    finally:
-        torch.optim.Adam = adam
-
-
 def _flush_context(args):
     if not args.flush_denormal:
         return contextlib.nullcontext()
@@ -151,8 +126,7 @@ def run_pyro(x, spec, args):
                                 init_scale=spec["init_scale"])
     model = partial(vae_model, decoder=decoder, prior=prior, likelihood=likelihood)
     guide = partial(vae_guide, encoder=encoder)
-    with (_library_fix(not args.no_fix), _flush_context(args),
-          _state_flush_from_outside(args.state_flush)):
+    with _library_fix(not args.no_fix), _flush_context(args):
         result = pv.fit(model, guide, torch.as_tensor(x), None, num_epochs=args.epochs,
                         batch_size=args.batch_size, learning_rate=args.lr,
                         warmup_epochs=args.warmup, seed=args.seed, progress=False)
@@ -289,12 +263,10 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads, and XLA's intra-op threads (default: each library's)")
     p.add_argument("--no-fix", action="store_true",
-                   help="turn off the mixture priors' gradient cut (reproduces issue 14)")
+                   help="turn off ppl_vae's three fixes (the gradient cut, the Adam state "
+                        "flush, the log-sum-exp floor: reproduces issue 14)")
     p.add_argument("--flush-denormal", action="store_true",
                    help="run the pyro and torch contenders with the CPU's flush-to-zero on")
-    p.add_argument("--state-flush", action="store_true",
-                   help="give pyro fit's Adam ppl_vae._numerics.keep_optimizer_state_normal "
-                        "from outside (until fit wires it in itself)")
     p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                    help="epoch times in wall-clock seconds, or in the process's CPU seconds "
                         "(not counting other work on a shared machine)")
@@ -314,8 +286,7 @@ def main(argv=None):
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"{args.epochs} epochs; {args.clock} clock; library fix {'off' if args.no_fix else 'on'}"
-          f"{', flush-denormal on' if args.flush_denormal else ''}"
-          f"{', Adam state flush wrapped around fit' if args.state_flush else ''}")
+          f"{', flush-denormal on' if args.flush_denormal else ''}")
     print("| dataset | backend | epoch 1 s | epoch N s | N / 1 | median 2-6 s | median last 5 s "
           "| late / early |")
     print("|---|---|---|---|---|---|---|---|")
