@@ -72,7 +72,8 @@ def _logsumexp_near(c):
     78,400 floats, with or without flush-to-zero). In the mixture the components far from
     a point are exactly those arguments, and there are more of them as training sharpens the
     components: 20% of the ``(batch, K)`` entries after 10 static-MNIST epochs, 43% after
-    40 (issue 14's creeping epoch time), and most of them in a 5000-sample evaluation.
+    40 (issue 14's creeping epoch time); the 5000-sample evaluation of that 40-epoch model
+    took 1.66x longer without the floor.
 
     The floor does not change the result at the dtype's precision: each floored entry adds
     at most ``exp(-far_nats) = 1.8e-35`` (float32) to a sum that is at least 1, and its
