@@ -172,6 +172,9 @@ def parse_args(argv=None):
                    help="--eval ais: leapfrog steps per HMC transition")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="Adam learning rate")
+    p.add_argument("--normalize-gradients", action="store_true",
+                   help="divide each parameter's gradient by its own L2 norm before Adam, as "
+                        "the paper's reference implementation does (default: plain Adam)")
     p.add_argument("--max-train", type=int, default=None, help="use the first N training images")
     p.add_argument("--max-test", type=int, default=None,
                    help="evaluate a fixed random subset of N test images (seed 0, the same "
@@ -358,7 +361,7 @@ def run_pyro(prior_name, train, valid, test, args, out):
         device=device, progress=args.progress, description=f"pyro/{prior_name}",
         config=run_config(args, prior_name),
         dynamic_binarization=getattr(args, "dynamic_binarization", False),
-        distributed=args.distributed,
+        distributed=args.distributed, normalize_gradients=args.normalize_gradients,
     )
     train_seconds = time.perf_counter() - t0
 
@@ -506,7 +509,7 @@ def run_numpyro(prior_name, train, valid, test, args, out):
         progress=args.progress, description=f"numpyro/{prior_name}",
         config=run_config(args, prior_name),
         dynamic_binarization=getattr(args, "dynamic_binarization", False),
-        distributed=args.distributed,
+        distributed=args.distributed, normalize_gradients=args.normalize_gradients,
     )
     train_seconds = time.perf_counter() - t0
 
@@ -639,8 +642,11 @@ def validate_run(args, train, valid, test, out):
         _, meta = load_checkpoint(last, backend=args.backend)
         saved = meta.get("config", {})
         expected = dict(run_config(args, prior_name), batch_size=args.batch_size,
-                        warmup_epochs=args.warmup)
-        diffs = [d for d in config_mismatches({k: saved.get(k) for k in expected}, expected)]
+                        warmup_epochs=args.warmup, normalize_gradients=args.normalize_gradients)
+        recorded = {k: saved.get(k) for k in expected}
+        # fit records normalize_gradients only when on (checkpoint.optimizer_settings)
+        recorded["normalize_gradients"] = bool(saved.get("normalize_gradients", False))
+        diffs = config_mismatches(recorded, expected)
         if diffs:
             lines = "; ".join(f"{_flag(k)}: checkpoint {json.dumps(old)}, now {json.dumps(new)}"
                               for k, old, new in diffs)
@@ -732,7 +738,8 @@ def _base_record(args, prior_name, data, train, test, out):
         pseudo_init=None if args.pseudo_init is None else list(args.pseudo_init),
         image_shape=list(data.image_shape), num_pseudo=args.num_pseudo,
         latent_dim=args.latent_dim, hidden=args.hidden, gated=args.gated, elbo=args.elbo,
-        learning_rate=args.lr, batch_size=args.batch_size, warmup=args.warmup,
+        learning_rate=args.lr, normalize_gradients=args.normalize_gradients,
+        batch_size=args.batch_size, warmup=args.warmup,
         early_stopping=args.early_stopping, max_epochs=args.epochs, seed=args.seed,
         num_train=len(train), num_test=len(test), eval_samples=args.eval_samples,
         device=args.device, resumed=bool(args.resume), checkpoint_dir=str(ckpt),

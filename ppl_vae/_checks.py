@@ -24,6 +24,7 @@ __all__ = [
     "check_int",
     "check_dims",
     "check_positive_float",
+    "check_bool",
     "check_data",
     "support_error",
     "exploded_reason",
@@ -70,6 +71,13 @@ def check_positive_float(name, value):
             or not np.isfinite(value) or not value > 0):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}.")
     return float(value)
+
+
+def check_bool(name, value):
+    """True or False (a NumPy bool too), returned as a bool: ``1`` or ``"yes"`` is refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False; got {value!r}.")
+    return bool(value)
 
 
 def _host(data):

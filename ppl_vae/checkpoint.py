@@ -40,6 +40,7 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "RESUMABLE",
+    "optimizer_settings",
     "save_checkpoint",
     "load_checkpoint",
     "config_mismatches",
@@ -54,6 +55,17 @@ VERSION = 1
 RESUMABLE = frozenset({"num_epochs", "early_stopping", "learning_rate"})
 _META = "__meta__"
 _LEGACY = (".pt", ".pkl")
+
+
+def optimizer_settings(normalize_gradients):
+    """The optimiser settings a run records besides its learning rate.
+
+    ``normalize_gradients`` is recorded only when it is on, so the configuration of a
+    plain-Adam run is what it was before the option existed, and those checkpoints still
+    resume. Resuming with the other setting is refused, as for any setting not in
+    :data:`RESUMABLE`.
+    """
+    return {"normalize_gradients": True} if normalize_gradients else {}
 
 
 class CheckpointError(ValueError):

@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae._checks import (
     EXPLODED_NATS_PER_DIM,
+    check_bool,
     check_data,
     check_int,
     check_positive_float,
@@ -55,6 +56,7 @@ from ppl_vae.checkpoint import (
     check_signature,
     legacy_checkpoints,
     load_checkpoint,
+    optimizer_settings,
     param_signature,
     save_checkpoint,
 )
@@ -291,10 +293,23 @@ def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization, mesh=N
                    out_shardings=NamedSharding(mesh, PartitionSpec()))
 
 
+def _unit_norm(updates, params=None):
+    """Every leaf divided by its own L2 norm (plus 1e-7): the reference implementation's
+    ``AdamNormGrad`` before its Adam step (``fit(normalize_gradients=True)``)."""
+    return jax.tree_util.tree_map(lambda g: g / (jnp.linalg.norm(g.ravel()) + 1e-7), updates)
+
+
+def _adam(learning_rate, normalize_gradients=False):
+    """``optax.adam``, after :func:`_unit_norm` with ``normalize_gradients``."""
+    adam = optax.adam(learning_rate)
+    return optax.chain(optax.stateless(_unit_norm), adam) if normalize_gradients else adam
+
+
 def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size=100,
         learning_rate=5e-4, elbo=None, warmup_epochs=0, early_stopping=None,
         checkpoint_dir=None, resume=False, device=None, progress=True, description="train",
-        config=None, dynamic_binarization=False, distributed=False):
+        config=None, dynamic_binarization=False, distributed=False,
+        normalize_gradients=False):
     """Train ``model``/``guide`` by SVI on ``train_data``; return a :class:`FitResult`.
 
     ``FitResult.params`` holds the parameters of the best epoch (highest validation ELBO; the
@@ -326,6 +341,9 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     :param int warmup_epochs: KL warm-up length (0: none).
     :param int early_stopping: stop after this many epochs past warm-up without a better
         validation ELBO (None: never).
+    :param bool normalize_gradients: divide each parameter's gradient by its own L2 norm
+        (plus 1e-7) before Adam, as the reference implementation of the VampPrior paper
+        does (its ``AdamNormGrad``); default plain Adam.
     :param checkpoint_dir: directory for ``last.npz`` (every epoch: SVI state, key, history)
         and ``best.npz`` (best parameters), in :mod:`ppl_vae.checkpoint`'s format: arrays and
         JSON, never a pickle.
@@ -363,6 +381,7 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     if early_stopping is not None:
         early_stopping = check_int("early_stopping", early_stopping)
     learning_rate = check_positive_float("learning_rate", learning_rate)
+    normalize_gradients = check_bool("normalize_gradients", normalize_gradients)
     if elbo is not None and not isinstance(elbo, ELBO):
         raise ValueError(f"elbo must be a NumPyro ELBO instance such as Trace_ELBO(); got "
                          f"{type(elbo).__name__}.")
@@ -400,7 +419,8 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         "num_valid": 0 if valid_data is None else len(valid_data),
         "num_features": num_features, "dynamic_binarization": bool(dynamic_binarization),
         "num_epochs": num_epochs, "early_stopping": early_stopping,
-        "learning_rate": learning_rate, **(config or {})}
+        "learning_rate": learning_rate, **optimizer_settings(normalize_gradients),
+        **(config or {})}
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last_path = best_path = None
     arrays = meta = None
@@ -420,7 +440,7 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     key_init, key_perm, key_valid = random.split(rng_key, 3)
     batch_size = min(batch_size, num_train)  # above N: one batch of all N per epoch
 
-    svi = SVI(model, guide, optax_to_numpyro(optax.adam(learning_rate)), elbo)
+    svi = SVI(model, guide, optax_to_numpyro(_adam(learning_rate, normalize_gradients)), elbo)
     # One trace registers every parameter (networks, pseudo-inputs, ...).
     svi_state = jax.jit(svi.init)(key_init, head[:batch_size], one)
     # The initial parameters are the networks' own arrays (eqx_module's init values): copy

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae._checks import (
     EXPLODED_NATS_PER_DIM,
+    check_bool,
     check_data,
     check_int,
     check_positive_float,
@@ -44,6 +45,7 @@ from ppl_vae.checkpoint import (
     check_signature,
     legacy_checkpoints,
     load_checkpoint,
+    optimizer_settings,
     param_signature,
     save_checkpoint,
 )
@@ -218,17 +220,29 @@ def _group(arrays, prefix, device):
             if k.startswith(prefix + "/")}
 
 
-def _adam(params, learning_rate):
+def _normalize_gradients(optimizer, args, kwargs):
+    """Step pre-hook: every parameter's gradient divided by its own L2 norm (plus 1e-7), the
+    reference implementation's ``AdamNormGrad`` (``fit(normalize_gradients=True)``)."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]
+             if p.grad is not None]
+    if grads:
+        torch._foreach_div_(grads, torch._foreach_add(torch._foreach_norm(grads), 1e-7))
+
+
+def _adam(params, learning_rate, normalize_gradients=False):
     """``torch.optim.Adam`` with the fused kernel where torch has one for the parameters'
     device (CPU and CUDA): one pass over each parameter instead of the for-loop version's
     six (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``, ``div``, ``addcdiv_``), which took a
     fifth of a VampPrior VAE step on the CPU. The same update: Adam's algorithm, so the
     checkpoints (``exp_avg``, ``exp_avg_sq``, ``step``) are interchangeable. Registers
-    :func:`~ppl_vae._numerics.keep_optimizer_state_normal` on it."""
+    :func:`~ppl_vae._numerics.keep_optimizer_state_normal` on it, and with
+    ``normalize_gradients`` a step pre-hook that scales each gradient to unit L2 norm."""
     try:
         optimizer = torch.optim.Adam(params, lr=learning_rate, fused=True)
     except RuntimeError:  # "fused=True requires ... Tensors of supported devices"
         optimizer = torch.optim.Adam(params, lr=learning_rate)
+    if normalize_gradients:
+        optimizer.register_step_pre_hook(_normalize_gradients)
     # Adam's first moment of a parameter whose gradient is exactly 0 (a pseudo-input pixel
     # outside hardtanh's [0, 1]) decays into subnormals that never reach 0 and slow every
     # step; zero them every 100 steps (ppl_vae._numerics; results unchanged)
@@ -277,7 +291,8 @@ def _run_config(config, **settings):
 def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size=100,
         learning_rate=5e-4, elbo=None, warmup_epochs=0, early_stopping=None,
         checkpoint_dir=None, resume=False, seed=0, device=None, progress=True,
-        description="train", config=None, dynamic_binarization=False, distributed=False):
+        description="train", config=None, dynamic_binarization=False, distributed=False,
+        normalize_gradients=False):
     """Train ``model``/``guide`` by SVI on ``train_data``; return a :class:`FitResult`.
 
     On return the parameters of the best epoch (highest validation ELBO; the last epoch without
@@ -301,6 +316,9 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
     :param int warmup_epochs: KL warm-up length (0: none).
     :param int early_stopping: stop after this many epochs past warm-up without a better
         validation ELBO (None: never).
+    :param bool normalize_gradients: divide each parameter's gradient by its own L2 norm
+        (plus 1e-7) before Adam, as the reference implementation of the VampPrior paper
+        does (its ``AdamNormGrad``); default plain Adam.
     :param checkpoint_dir: directory for ``last.npz`` (every epoch) and ``best.npz``
         (:mod:`ppl_vae.checkpoint`: arrays and JSON, never a pickle).
     :param bool resume: continue from ``checkpoint_dir/last.npz``; the result is identical to
@@ -338,6 +356,7 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
     if early_stopping is not None:
         early_stopping = check_int("early_stopping", early_stopping)
     learning_rate = check_positive_float("learning_rate", learning_rate)
+    normalize_gradients = check_bool("normalize_gradients", normalize_gradients)
     seed = check_int("seed", seed, 0)
     if elbo is not None and not isinstance(elbo, ELBO):
         raise ValueError(f"elbo must be a Pyro ELBO instance such as Trace_ELBO(); got "
@@ -381,13 +400,14 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         _differentiable_loss(elbo, model, guide, head[:2], one)
     names = list(param_capture.trace.nodes)
     params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
-    optimizer = _adam(params, learning_rate)
+    optimizer = _adam(params, learning_rate, normalize_gradients)
     run_config = _run_config(
         config, elbo=type(elbo).__name__, num_particles=getattr(elbo, "num_particles", 1),
         batch_size=batch_size, warmup_epochs=warmup_epochs, seed=seed, num_train=num_train,
         num_valid=0 if valid_data is None else len(valid_data), num_features=num_features,
         dynamic_binarization=bool(dynamic_binarization), num_epochs=num_epochs,
-        early_stopping=early_stopping, learning_rate=learning_rate)
+        early_stopping=early_stopping, learning_rate=learning_rate,
+        **optimizer_settings(normalize_gradients))
     signature = param_signature({n: p.detach().cpu().numpy() for n, p in zip(names, params)})
 
     history, start_epoch = [], 0
