@@ -72,10 +72,11 @@ def test_resume_with_other_flags_is_refused_and_the_record_is_complete(backend, 
     before = (out / "metrics.json").read_text()
 
     proc = _run([*TINY, "--backend", backend, "--resume", "--num-pseudo", "12", "--hidden",
-                 "16", "--epochs", "2"], out)
+                 "16", "--epochs", "2", "--normalize-gradients"], out)
     assert proc.returncode == 2
     assert "--num-pseudo: checkpoint 10, now 12" in proc.stderr
     assert "--hidden: checkpoint [32], now [16]" in proc.stderr
+    assert "--normalize-gradients: checkpoint false, now true" in proc.stderr
     assert "--epochs" not in proc.stderr.split("Only")[0]  # may change
     assert (out / "metrics.json").read_text() == before  # nothing overwritten
     other = "numpyro" if backend == "pyro" else "pyro"
