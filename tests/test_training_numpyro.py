@@ -173,9 +173,9 @@ def _adam_norm_grad(lr, b1=0.9, b2=0.999, eps=1e-8):
 def test_normalize_gradients_is_the_reference_adam_norm_grad(data, full_run, tmp_path,
                                                             monkeypatch):
     """fit(normalize_gradients=True) steps as the reference's AdamNormGrad: 4 epochs (24
-    steps) equal an independent restatement to float32 rounding (1e-6, a few ulp of the
-    weights' 1e-7 a step; measured 1.2e-7), and end far from plain Adam's 4 epochs (more
-    than 1e-4; measured 8e-3). The setting is part of the checkpoint's configuration:
+    steps) equal an independent restatement to float32 rounding (atol 1e-6: a few ulp per
+    step; measured 1.2e-7), and end far from plain Adam's 4 epochs (more than 1e-4;
+    measured 8e-3). The setting is part of the checkpoint's configuration:
     resuming with the other one is refused."""
     import ppl_vae.numpyro.training as training
     from ppl_vae.checkpoint import CheckpointMismatchError
