@@ -643,10 +643,7 @@ def validate_run(args, train, valid, test, out):
         saved = meta.get("config", {})
         expected = dict(run_config(args, prior_name), batch_size=args.batch_size,
                         warmup_epochs=args.warmup, normalize_gradients=args.normalize_gradients)
-        recorded = {k: saved.get(k) for k in expected}
-        # fit records normalize_gradients only when on (checkpoint.optimizer_settings)
-        recorded["normalize_gradients"] = bool(saved.get("normalize_gradients", False))
-        diffs = config_mismatches(recorded, expected)
+        diffs = config_mismatches({k: saved[k] for k in expected if k in saved}, expected)
         if diffs:
             lines = "; ".join(f"{_flag(k)}: checkpoint {json.dumps(old)}, now {json.dumps(new)}"
                               for k, old, new in diffs)

@@ -40,7 +40,7 @@ __all__ = [
     "FORMAT",
     "VERSION",
     "RESUMABLE",
-    "optimizer_settings",
+    "ADDED_SETTINGS",
     "save_checkpoint",
     "load_checkpoint",
     "config_mismatches",
@@ -53,19 +53,12 @@ __all__ = [
 FORMAT = "ppl_vae-checkpoint"
 VERSION = 1
 RESUMABLE = frozenset({"num_epochs", "early_stopping", "learning_rate"})
+# Settings that joined the configuration after checkpoints of this format were written,
+# with the value those runs had: a configuration without one compares as if it held it, so
+# the older checkpoints still resume.
+ADDED_SETTINGS = {"normalize_gradients": False}
 _META = "__meta__"
 _LEGACY = (".pt", ".pkl")
-
-
-def optimizer_settings(normalize_gradients):
-    """The optimiser settings a run records besides its learning rate.
-
-    ``normalize_gradients`` is recorded only when it is on, so the configuration of a
-    plain-Adam run is what it was before the option existed, and those checkpoints still
-    resume. Resuming with the other setting is refused, as for any setting not in
-    :data:`RESUMABLE`.
-    """
-    return {"normalize_gradients": True} if normalize_gradients else {}
 
 
 class CheckpointError(ValueError):
@@ -203,13 +196,14 @@ def _same(a, b):
 def config_mismatches(saved, current, resumable=RESUMABLE):
     """The settings (other than ``resumable`` ones) that differ between two configurations.
 
-    A key present on one side only counts as a difference (shown as ``None`` on the other).
-    Values are compared after a JSON round trip, so tuples and lists compare equal.
+    A key present on one side only counts as a difference (shown as ``None`` on the other),
+    except one of :data:`ADDED_SETTINGS`, which takes its default where it is absent. Values
+    are compared after a JSON round trip, so tuples and lists compare equal.
 
     :returns: list of ``(key, saved value, current value)``, sorted by key.
     """
-    saved = json.loads(json.dumps(saved, default=_json_default))
-    current = json.loads(json.dumps(current, default=_json_default))
+    saved = {**ADDED_SETTINGS, **json.loads(json.dumps(saved, default=_json_default))}
+    current = {**ADDED_SETTINGS, **json.loads(json.dumps(current, default=_json_default))}
     return [(key, saved.get(key), current.get(key))
             for key in sorted(set(saved) | set(current))
             if key not in resumable and not _same(saved.get(key), current.get(key))]

@@ -101,6 +101,15 @@ def test_config_mismatches_ignore_resumable_settings():
     assert config_mismatches(saved, now) == [("num_pseudo", 500, 100), ("seed", None, 1)]
 
 
+def test_a_setting_added_later_takes_its_default_in_older_checkpoints():
+    """A checkpoint written before normalize_gradients existed trained with plain Adam: it
+    compares equal to normalize_gradients=False and differs from True."""
+    old = {"num_pseudo": 500}
+    assert config_mismatches(old, {"num_pseudo": 500, "normalize_gradients": False}) == []
+    assert config_mismatches(old, {"num_pseudo": 500, "normalize_gradients": True}) == [
+        ("normalize_gradients", False, True)]
+
+
 class _Planted:
     """Unpickling this runs ``os.system``: what a malicious checkpoint would do."""
 

@@ -56,7 +56,6 @@ from ppl_vae.checkpoint import (
     check_signature,
     legacy_checkpoints,
     load_checkpoint,
-    optimizer_settings,
     param_signature,
     save_checkpoint,
 )
@@ -419,7 +418,7 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         "num_valid": 0 if valid_data is None else len(valid_data),
         "num_features": num_features, "dynamic_binarization": bool(dynamic_binarization),
         "num_epochs": num_epochs, "early_stopping": early_stopping,
-        "learning_rate": learning_rate, **optimizer_settings(normalize_gradients),
+        "learning_rate": learning_rate, "normalize_gradients": normalize_gradients,
         **(config or {})}
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     last_path = best_path = None

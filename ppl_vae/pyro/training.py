@@ -45,7 +45,6 @@ from ppl_vae.checkpoint import (
     check_signature,
     legacy_checkpoints,
     load_checkpoint,
-    optimizer_settings,
     param_signature,
     save_checkpoint,
 )
@@ -407,7 +406,7 @@ def fit(model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size
         num_valid=0 if valid_data is None else len(valid_data), num_features=num_features,
         dynamic_binarization=bool(dynamic_binarization), num_epochs=num_epochs,
         early_stopping=early_stopping, learning_rate=learning_rate,
-        **optimizer_settings(normalize_gradients))
+        normalize_gradients=normalize_gradients)
     signature = param_signature({n: p.detach().cpu().numpy() for n, p in zip(names, params)})
 
     history, start_epoch = [], 0
