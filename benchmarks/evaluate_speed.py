@@ -12,7 +12,7 @@ and ``ppl_vae.numpyro.importance_log_likelihood``).
 Fresh weights by default. The time does depend on the values: torch's CPU ``exp`` is 80-200x
 slower below -87 (float32 underflow), which is where a trained mixture prior's far components
 sit, so the Pyro evaluation of a trained model took 1.66x that of a fresh one before its
-log-sum-exp floored them (``ppl_vae/_numerics.py``). ``--trained-epochs N`` first trains
+log-sum-exp floored them (``ppl_vae/pyro/_numerics.py``). ``--trained-epochs N`` first trains
 each backend's model with its ``fit`` for N epochs on the first 5000 training images (the
 embedded sample's where static MNIST is absent), and times the trained model::
 

@@ -35,9 +35,9 @@ through the encoder's matrix products; and Adam's first moments of pseudo-input 
 outside [0, 1] decayed into the subnormal range and stayed there. A third slow path is not
 subnormal: torch's CPU ``exp`` is 80-200x slower below -87, which is where the far
 components of the mixture's log-sum-exp sit; it made the epoch creep up 15-19% over 100
-epochs after the first two were fixed (see ``ppl_vae/_numerics.py``). ``--no-fix`` turns
+epochs after the first two were fixed (see ``ppl_vae/pyro/_numerics.py``). ``--no-fix`` turns
 ppl_vae's fixes off to reproduce all three; ``--flush-denormal`` runs the torch-side
-contenders inside ``ppl_vae._numerics.flush_denormal()`` (the global CPU switch; it covers
+contenders inside ``ppl_vae.pyro._numerics.flush_denormal()`` (the global CPU switch; it covers
 only the calling thread, so use it with ``--threads 1``).
 """
 
@@ -92,7 +92,7 @@ def summarize(seconds):
 # ---- contenders: each returns the list of per-epoch seconds -----------------------------------
 def _library_fix(enabled):
     """With ``enabled=False`` ppl_vae's subnormal fixes are off (issue 14's state)."""
-    from ppl_vae._numerics import fixes_disabled
+    from ppl_vae.pyro._numerics import fixes_disabled
 
     return contextlib.nullcontext() if enabled else fixes_disabled()
 
@@ -100,7 +100,7 @@ def _library_fix(enabled):
 def _flush_context(args):
     if not args.flush_denormal:
         return contextlib.nullcontext()
-    from ppl_vae._numerics import flush_denormal
+    from ppl_vae.pyro._numerics import flush_denormal
 
     return flush_denormal()
 

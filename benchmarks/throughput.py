@@ -24,7 +24,7 @@ Also: the machine's float32 GEMM rate, the step's FLOP count and floor, the stan
 the same way, and the Pyro step time for K in {50, 100, 500, 1000, 2000}.
 
 Fresh weights are not the whole story: a step can slow down as training goes (issue 14:
-subnormal gradients from the VampPrior, see ``ppl_vae/_numerics.py``). ``--trained-epochs N``
+subnormal gradients from the VampPrior, see ``ppl_vae/pyro/_numerics.py``). ``--trained-epochs N``
 and/or ``--checkpoint PATH`` add ``pyro_trace_trained``, ``torch_matmul_trained`` and
 ``torch_broadcast_trained``, the same steps started from a trained state, measured in the same
 interleaved rounds as the fresh ones: the state is loaded from ``PATH`` (a ``last.npz`` or

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ppl_vae._numerics import (
+from ppl_vae.pyro._numerics import (
     count_subnormal,
     denormals_flushed,
     fixes_disabled,

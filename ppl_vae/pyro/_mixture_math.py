@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ppl_vae import _numerics
+from ppl_vae.pyro import _numerics
 
 
 def diag_normal_mixture_log_prob(value, loc, scale, log_weights=None):

@@ -23,7 +23,7 @@ from pyro.distributions import Categorical, MixtureSameFamily, Normal
 from torch import nn
 
 from ppl_vae._checks import check_int
-from ppl_vae._numerics import flush_negligible_grad
+from ppl_vae.pyro._numerics import flush_negligible_grad
 from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
 from ppl_vae.pyro.vamp_prior import vamp_prior
 
@@ -127,7 +127,7 @@ class DiagonalNormalMixture(MixtureSameFamily):
     def log_prob(self, value):
         if self._validate_args:
             self._validate_sample(value)
-        # Subnormal gradients of far-away components become zeros (see ppl_vae._numerics).
+        # Subnormal gradients of far-away components become zeros (see ppl_vae.pyro._numerics).
         logits, loc, scale = map(flush_negligible_grad, self._component_params)
         return diag_normal_mixture_log_prob(value, loc, scale, logits.log_softmax(-1))
 

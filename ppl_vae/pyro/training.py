@@ -38,7 +38,7 @@ from ppl_vae._checks import (
     exploded_reason,
     valid_elbo_problem,
 )
-from ppl_vae._numerics import keep_optimizer_state_normal
+from ppl_vae.pyro._numerics import keep_optimizer_state_normal
 from ppl_vae.checkpoint import (
     CheckpointError,
     check_resumable,
@@ -234,7 +234,7 @@ def _adam(params, learning_rate, normalize_gradients=False):
     six (``lerp_``, ``mul_``, ``addcmul_``, ``sqrt``, ``div``, ``addcdiv_``), which took a
     fifth of a VampPrior VAE step on the CPU. The same update: Adam's algorithm, so the
     checkpoints (``exp_avg``, ``exp_avg_sq``, ``step``) are interchangeable. Registers
-    :func:`~ppl_vae._numerics.keep_optimizer_state_normal` on it, and with
+    :func:`~ppl_vae.pyro._numerics.keep_optimizer_state_normal` on it, and with
     ``normalize_gradients`` a step pre-hook that scales each gradient to unit L2 norm."""
     try:
         optimizer = torch.optim.Adam(params, lr=learning_rate, fused=True)
@@ -244,7 +244,7 @@ def _adam(params, learning_rate, normalize_gradients=False):
         optimizer.register_step_pre_hook(_normalize_gradients)
     # Adam's first moment of a parameter whose gradient is exactly 0 (a pseudo-input pixel
     # outside hardtanh's [0, 1]) decays into subnormals that never reach 0 and slow every
-    # step; zero them every 100 steps (ppl_vae._numerics; results unchanged)
+    # step; zero them every 100 steps (ppl_vae.pyro._numerics; results unchanged)
     keep_optimizer_state_normal(optimizer)
     return optimizer
 

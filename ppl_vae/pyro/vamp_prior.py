@@ -17,7 +17,7 @@ import math
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
-from ppl_vae._numerics import flush_negligible_grad
+from ppl_vae.pyro._numerics import flush_negligible_grad
 from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
 
 __all__ = ["VampPrior", "vamp_prior"]
@@ -100,7 +100,7 @@ class VampPrior(TorchDistribution):
             self._validate_sample(value)
         # A component 87-103 nats below the best one at every point of the batch gets a
         # gradient made of subnormal responsibilities; cut it to zero here, before it runs
-        # back through the encoder's pass over the pseudo-inputs (see ppl_vae._numerics).
+        # back through the encoder's pass over the pseudo-inputs (see ppl_vae.pyro._numerics).
         return diag_normal_mixture_log_prob(
             value, flush_negligible_grad(self.component_loc),
             flush_negligible_grad(self.component_scale),
