@@ -5,6 +5,8 @@ import math
 import pytest
 import torch
 
+from ppl_vae.pyro import VampPrior
+from ppl_vae.pyro._mixture_math import _logsumexp_near, diag_normal_mixture_log_prob, far_nats
 from ppl_vae.pyro._numerics import (
     count_subnormal,
     denormals_flushed,
@@ -15,8 +17,6 @@ from ppl_vae.pyro._numerics import (
     keep_optimizer_state_normal,
     negligible_threshold,
 )
-from ppl_vae.pyro import VampPrior
-from ppl_vae.pyro._mixture_math import _logsumexp_near, diag_normal_mixture_log_prob, far_nats
 from ppl_vae.pyro.priors import DiagonalNormalMixture
 
 TINY = torch.finfo(torch.float32).tiny

@@ -23,8 +23,8 @@ from pyro.distributions import Categorical, MixtureSameFamily, Normal
 from torch import nn
 
 from ppl_vae._checks import check_int
-from ppl_vae.pyro._numerics import flush_negligible_grad
 from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
+from ppl_vae.pyro._numerics import flush_negligible_grad
 from ppl_vae.pyro.vamp_prior import vamp_prior
 
 __all__ = [

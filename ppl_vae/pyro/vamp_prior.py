@@ -17,8 +17,8 @@ import math
 import torch
 from pyro.distributions import TorchDistribution, constraints
 
-from ppl_vae.pyro._numerics import flush_negligible_grad
 from ppl_vae.pyro._mixture_math import diag_normal_mixture_log_prob
+from ppl_vae.pyro._numerics import flush_negligible_grad
 
 __all__ = ["VampPrior", "vamp_prior"]
 
