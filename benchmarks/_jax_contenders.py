@@ -45,10 +45,11 @@ def numpyro_runner(data):
     from numpyro.infer import SVI, Trace_ELBO
     from numpyro.optim import optax_to_numpyro
 
-    from ppl_vae.numpyro.training import _epoch_fn
-    svi = SVI(model, guide, optax_to_numpyro(optax.adam(LR)), Trace_ELBO())
+    from ppl_vae.numpyro.training import _annealed, _epoch_fn
+    # fit's programs: model and guide under the KL warm-up handler
+    svi = SVI(_annealed(model), _annealed(guide), optax_to_numpyro(optax.adam(LR)), Trace_ELBO())
     x = jnp.asarray(data)
-    state = svi.init(random.PRNGKey(1), x[:BATCH], jnp.asarray(1.0))
+    state = svi.init(random.PRNGKey(1), x[:BATCH], _kl_weight=jnp.asarray(1.0))
     n = len(x)
     # fit's epoch with its per-step divergence check (nothing counts as exploded here)
     epoch = _epoch_fn(svi, n, BATCH, float("inf"), False)

@@ -148,7 +148,7 @@ def worker_numpyro(args):
     import ppl_vae.numpyro.distributed as pd
     from ppl_vae.guides.vae_numpyro import vae_guide
     from ppl_vae.models.vae_numpyro import vae_model
-    from ppl_vae.numpyro.training import _epoch_fn
+    from ppl_vae.numpyro.training import _annealed, _epoch_fn
 
     world = len(jax.devices())
     k = random.split(random.PRNGKey(0), 4)
@@ -163,9 +163,10 @@ def worker_numpyro(args):
                     distributed=world > 1)
     collectives = {}
     if world > 1:  # what XLA communicates: the collectives of the same compiled epoch
-        svi = SVI(model, guide, optax_to_numpyro(optax.adam(LR)), Trace_ELBO())
+        svi = SVI(_annealed(model), _annealed(guide), optax_to_numpyro(optax.adam(LR)),
+                  Trace_ELBO())  # fit's programs: under the KL warm-up handler
         x = jnp.asarray(data)
-        state = svi.init(k[3], x[:args.batch_size], jnp.asarray(1.0))
+        state = svi.init(k[3], x[:args.batch_size], _kl_weight=jnp.asarray(1.0))
         mesh = pd.mesh()
         state, x = pd.replicate((state, x), mesh)
         fn = _epoch_fn(svi, args.num_train, args.batch_size, 1e9, False, mesh)

@@ -196,9 +196,8 @@ def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K, trai
     prior = pv.LearnedVampPrior(enc, num_pseudo) if prior_kind == "vamp" else pv.StandardNormalPrior(LATENT)
     model, guide = partial(vae_model, decoder=dec, prior=prior), partial(vae_guide, encoder=enc)
     elbo = elbo_cls()
-    beta = torch.tensor(1.0)
     with pyro.poutine.trace(param_only=True) as capture:
-        elbo.differentiable_loss(model, guide, data[:2], beta)
+        elbo.differentiable_loss(model, guide, data[:2])
     params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
     opt = fit_adam(params, LR)  # fit's optimizer: fused Adam, its state kept normal
     if trained is not None:
@@ -212,7 +211,7 @@ def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K, trai
         pyro.get_param_store().clear()
         pyro.get_param_store().set_state(state)
         for x in _batches(data, steps, gen):
-            loss = elbo.differentiable_loss(model, guide, x, beta)
+            loss = elbo.differentiable_loss(model, guide, x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -6,10 +6,7 @@ VampPrior on z2) and ``"z1_encoder"`` with ``eqx_module``; latent sites ``"z2"``
 ``"z1"`` in plate ``"data"`` (dim -1).
 """
 
-import contextlib
-
 import numpyro
-from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions import Normal
 
@@ -36,9 +33,8 @@ def _check_sizes(x, encoder, z1_encoder):
             )
 
 
-def hvae_guide(x, beta=None, *, encoder, z1_encoder):
-    """q(z1, z2 | x) for a batch ``x`` of shape ``(N, D)``; ``beta`` scales both latent sites
-    as in the model (KL warm-up).
+def hvae_guide(x, *, encoder, z1_encoder):
+    """q(z1, z2 | x) for a batch ``x`` of shape ``(N, D)``.
 
     :param encoder: q(z2 | x), Equinox module mapping ``(..., D)`` to ``(loc, scale)``, each
         ``(..., L2)``.
@@ -50,7 +46,6 @@ def hvae_guide(x, beta=None, *, encoder, z1_encoder):
     _check_sizes(x, encoder, z1_encoder)
     with numpyro.plate("data", x.shape[0]):
         loc2, scale2 = enc(x)  # (N, L2) each
-        with contextlib.nullcontext() if beta is None else handlers.scale(scale=beta):
-            z2 = numpyro.sample("z2", Normal(loc2, scale2).to_event(1))
-            loc1, scale1 = z1_enc(x, z2)  # (N, L1) each, or (S, N, L1)
-            numpyro.sample("z1", Normal(loc1, scale1).to_event(1))
+        z2 = numpyro.sample("z2", Normal(loc2, scale2).to_event(1))
+        loc1, scale1 = z1_enc(x, z2)  # (N, L1) each, or (S, N, L1)
+        numpyro.sample("z1", Normal(loc1, scale1).to_event(1))

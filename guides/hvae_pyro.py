@@ -7,10 +7,7 @@ Same signature as :func:`models.hvae_pyro.hvae_model` apart from the networks; r
 ``TraceMeanField_ELBO`` can use the analytic KL for z1 given each sampled z2.
 """
 
-import contextlib
-
 import pyro
-from pyro import poutine
 from pyro.distributions import Normal
 
 
@@ -36,9 +33,8 @@ def _check_sizes(x, encoder, z1_encoder):
             )
 
 
-def hvae_guide(x, beta=None, *, encoder, z1_encoder):
-    """q(z1, z2 | x) for a batch ``x`` of shape ``(N, D)``; ``beta`` scales both latent sites
-    as in the model (KL warm-up).
+def hvae_guide(x, *, encoder, z1_encoder):
+    """q(z1, z2 | x) for a batch ``x`` of shape ``(N, D)``.
 
     :param encoder: q(z2 | x), maps ``(..., D)`` to ``(loc, scale)``, each ``(..., L2)``.
     :param z1_encoder: q(z1 | x, z2), maps ``(N, D)`` and ``(..., N, L2)`` to ``(loc, scale)``,
@@ -49,7 +45,6 @@ def hvae_guide(x, beta=None, *, encoder, z1_encoder):
     _check_sizes(x, encoder, z1_encoder)
     with pyro.plate("data", x.shape[0]):
         loc2, scale2 = encoder(x)  # (N, L2) each
-        with contextlib.nullcontext() if beta is None else poutine.scale(scale=beta):
-            z2 = pyro.sample("z2", Normal(loc2, scale2).to_event(1))
-            loc1, scale1 = z1_encoder(x, z2)  # (N, L1) each, or (S, N, L1)
-            pyro.sample("z1", Normal(loc1, scale1).to_event(1))
+        z2 = pyro.sample("z2", Normal(loc2, scale2).to_event(1))
+        loc1, scale1 = z1_encoder(x, z2)  # (N, L1) each, or (S, N, L1)
+        pyro.sample("z1", Normal(loc1, scale1).to_event(1))

@@ -5,19 +5,14 @@ Mirror of :mod:`guides.vae_pyro`. Same signature as :func:`models.vae_numpyro.va
 latent site ``"z"`` in plate ``"data"`` (dim -1).
 """
 
-import contextlib
-
 import numpyro
-from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions import Normal
 
 
-def vae_guide(x, beta=None, *, encoder):
-    """q(z | x) for a batch ``x`` of shape ``(N, D)``; ``beta`` scales the latent site as in
-    the model (KL warm-up)."""
+def vae_guide(x, *, encoder):
+    """q(z | x) for a batch ``x`` of shape ``(N, D)``."""
     net = eqx_module("encoder", encoder)
     with numpyro.plate("data", x.shape[0]):
         loc, scale = net(x)  # (N, L) each
-        with contextlib.nullcontext() if beta is None else handlers.scale(scale=beta):
-            numpyro.sample("z", Normal(loc, scale).to_event(1))
+        numpyro.sample("z", Normal(loc, scale).to_event(1))

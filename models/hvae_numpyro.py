@@ -32,10 +32,7 @@ VampPrior, whose encoder is the guide's q(z2 | x))::
     print(active_units(z1_means), active_units(z2_means))
 """
 
-import contextlib
-
 import numpyro
-from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions import Distribution, Normal
 
@@ -88,16 +85,9 @@ def _top_prior(prior, latent_dim):
     return p_z2
 
 
-def kl_scale(beta):
-    """``handlers.scale`` for KL warm-up, or nothing when ``beta`` is None (full ELBO)."""
-    return contextlib.nullcontext() if beta is None else handlers.scale(scale=beta)
-
-
-def hvae_model(x, beta=None, *, decoder, z1_prior, prior, likelihood=bernoulli):
+def hvae_model(x, *, decoder, z1_prior, prior, likelihood=bernoulli):
     """p(x, z1, z2) = p(z2) p(z1 | z2) p(x | z1, z2) for a batch ``x`` of shape ``(N, D)``.
 
-    :param beta: KL warm-up weight in (0, 1] (a jnp array), applied to both latent sites here
-        and in the guide; None for the full ELBO.
     :param decoder: Equinox module mapping ``(z1, z2)``, ``(..., L1)`` and ``(..., L2)``, to
         likelihood parameters ``(..., P * D)``, e.g. :class:`~ppl_vae.numpyro.MultiInputDecoder`.
     :param z1_prior: Equinox module mapping z2 ``(..., L2)`` to ``(loc, scale)`` of the
@@ -114,10 +104,9 @@ def hvae_model(x, beta=None, *, decoder, z1_prior, prior, likelihood=bernoulli):
     l1, l2 = _sizes(decoder, z1_prior)
     p_z2 = _top_prior(prior, l2)
     with numpyro.plate("data", x.shape[0]):
-        with kl_scale(beta):
-            z2 = numpyro.sample("z2", p_z2)  # (N, L2)
-            _check_value("z2", z2, l2, "prior, z1_prior and decoder")
-            loc, scale = p_z1_net(z2)  # (N, L1) each
-            z1 = numpyro.sample("z1", Normal(loc, scale).to_event(1))
-            _check_value("z1", z1, l1, "z1_prior and decoder")
+        z2 = numpyro.sample("z2", p_z2)  # (N, L2)
+        _check_value("z2", z2, l2, "prior, z1_prior and decoder")
+        loc, scale = p_z1_net(z2)  # (N, L1) each
+        z1 = numpyro.sample("z1", Normal(loc, scale).to_event(1))
+        _check_value("z1", z1, l1, "z1_prior and decoder")
         numpyro.sample("x", likelihood(dec(z1, z2)), obs=x)

@@ -31,11 +31,8 @@ For grey-level data pass ``MultiInputDecoder((L1, L2), D, params_per_pixel=2)`` 
 ``likelihood=discretized_logistic``.
 """
 
-import contextlib
-
 import pyro
 import torch
-from pyro import poutine
 from pyro.distributions import Normal
 
 from ppl_vae.pyro import bernoulli
@@ -86,16 +83,9 @@ def _top_prior(prior, latent_dim):
     return p_z2
 
 
-def kl_scale(beta):
-    """``poutine.scale`` for KL warm-up, or nothing when ``beta`` is None (full ELBO)."""
-    return contextlib.nullcontext() if beta is None else poutine.scale(scale=beta)
-
-
-def hvae_model(x, beta=None, *, decoder, z1_prior, prior, likelihood=bernoulli):
+def hvae_model(x, *, decoder, z1_prior, prior, likelihood=bernoulli):
     """p(x, z1, z2) = p(z2) p(z1 | z2) p(x | z1, z2) for a batch ``x`` of shape ``(N, D)``.
 
-    :param beta: KL warm-up weight in (0, 1] (a tensor), applied to both latent sites here
-        and in the guide; None for the full ELBO.
     :param decoder: module mapping ``(z1, z2)``, ``(..., L1)`` and ``(..., L2)``, to
         likelihood parameters ``(..., P * D)``, e.g. :class:`~ppl_vae.pyro.MultiInputDecoder`.
     :param z1_prior: module mapping z2 ``(..., L2)`` to ``(loc, scale)`` of the diagonal
@@ -111,10 +101,9 @@ def hvae_model(x, beta=None, *, decoder, z1_prior, prior, likelihood=bernoulli):
     l1, l2 = _sizes(decoder, z1_prior)
     p_z2 = _top_prior(prior, l2)
     with pyro.plate("data", x.shape[0]):
-        with kl_scale(beta):
-            z2 = pyro.sample("z2", p_z2)  # (N, L2)
-            _check_value("z2", z2, l2, "prior, z1_prior and decoder")
-            loc, scale = z1_prior(z2)  # (N, L1) each
-            z1 = pyro.sample("z1", Normal(loc, scale).to_event(1))
-            _check_value("z1", z1, l1, "z1_prior and decoder")
+        z2 = pyro.sample("z2", p_z2)  # (N, L2)
+        _check_value("z2", z2, l2, "prior, z1_prior and decoder")
+        loc, scale = z1_prior(z2)  # (N, L1) each
+        z1 = pyro.sample("z1", Normal(loc, scale).to_event(1))
+        _check_value("z1", z1, l1, "z1_prior and decoder")
         pyro.sample("x", likelihood(decoder(z1, z2)), obs=x)

@@ -4,19 +4,17 @@ Mirror of :mod:`models.vae_pyro`. Sites: latent ``"z"`` and observed ``"x"``, bo
 ``"data"`` (dim -1). Networks are Equinox modules registered by name with
 ``numpyro.contrib.module.eqx_module`` (``"decoder"``; the prior registers its own, e.g.
 ``"encoder"`` and ``"pseudo_inputs"`` for the VampPrior). Bind the networks with
-``functools.partial`` and hand the result to SVI::
+``functools.partial`` and hand the result to :func:`~ppl_vae.numpyro.fit` (which adds KL warm-up as a handler,
+:class:`~ppl_vae.numpyro.latent_scale`) or to NumPyro's SVI::
 
     model = partial(vae_model, decoder=decoder, prior=LearnedVampPrior(encoder, rng_key=k))
     guide = partial(vae_guide, encoder=encoder)
     svi = SVI(model, guide, numpyro.optim.Adam(5e-4), Trace_ELBO())
-    state = svi.init(rng_key, x, jnp.asarray(1.0))
-    state, loss = svi.update(state, x, beta)
+    state = svi.init(rng_key, x)
+    state, loss = svi.update(state, x)
 """
 
-import contextlib
-
 import numpyro
-from numpyro import handlers
 from numpyro.contrib.module import eqx_module
 from numpyro.distributions import Distribution
 
@@ -36,16 +34,9 @@ def latent_prior(prior, latent_dim=None):
     return p_z
 
 
-def kl_scale(beta):
-    """``handlers.scale`` for KL warm-up, or nothing when ``beta`` is None (full ELBO)."""
-    return contextlib.nullcontext() if beta is None else handlers.scale(scale=beta)
-
-
-def vae_model(x, beta=None, *, decoder, prior, likelihood=bernoulli):
+def vae_model(x, *, decoder, prior, likelihood=bernoulli):
     """p(x, z) = p(z) p(x | z) for a batch ``x`` of shape ``(N, D)``.
 
-    :param beta: KL warm-up weight in (0, 1] (a jnp array, so a jitted update compiles once),
-        applied to the latent site here and in the guide; None for the full ELBO.
     :param decoder: Equinox module mapping ``(..., L)`` to likelihood parameters
         ``(..., P * D)``.
     :param prior: a :class:`~ppl_vae.numpyro.Prior` or a distribution with event shape
@@ -55,6 +46,5 @@ def vae_model(x, beta=None, *, decoder, prior, likelihood=bernoulli):
     net = eqx_module("decoder", decoder)
     p_z = latent_prior(prior, getattr(decoder, "latent_dim", None))
     with numpyro.plate("data", x.shape[0]):
-        with kl_scale(beta):
-            z = numpyro.sample("z", p_z)  # (N, L)
+        z = numpyro.sample("z", p_z)  # (N, L)
         numpyro.sample("x", likelihood(net(z)), obs=x)

@@ -3,19 +3,17 @@
 Sites: latent ``"z"`` and observed ``"x"``, both in plate ``"data"`` (dim -1). Networks are
 registered by name (``"decoder"``; the prior registers its own, e.g. ``"encoder"`` and
 ``"pseudo_inputs"`` for the VampPrior). Bind the networks with ``functools.partial`` and
-hand the result to SVI::
+hand the result to :func:`~ppl_vae.pyro.fit` (which adds KL warm-up as a handler,
+:func:`~ppl_vae.pyro.latent_scale`) or to Pyro's SVI::
 
     model = partial(vae_model, decoder=decoder, prior=LearnedVampPrior(encoder))
     guide = partial(vae_guide, encoder=encoder)
     svi = SVI(model, guide, Adam({"lr": 5e-4}), Trace_ELBO())
-    svi.step(x, beta)
+    svi.step(x)
 """
-
-import contextlib
 
 import pyro
 import torch
-from pyro import poutine
 
 from ppl_vae.pyro import bernoulli
 
@@ -33,16 +31,9 @@ def latent_prior(prior, latent_dim=None):
     return p_z
 
 
-def kl_scale(beta):
-    """``poutine.scale`` for KL warm-up, or nothing when ``beta`` is None (full ELBO)."""
-    return contextlib.nullcontext() if beta is None else poutine.scale(scale=beta)
-
-
-def vae_model(x, beta=None, *, decoder, prior, likelihood=bernoulli):
+def vae_model(x, *, decoder, prior, likelihood=bernoulli):
     """p(x, z) = p(z) p(x | z) for a batch ``x`` of shape ``(N, D)``.
 
-    :param beta: KL warm-up weight in (0, 1] (a tensor, so jitted ELBOs trace once), applied
-        to the latent site here and in the guide; None for the full ELBO.
     :param decoder: module mapping ``(..., L)`` to likelihood parameters ``(..., P * D)``.
     :param prior: a :class:`~ppl_vae.pyro.Prior` or a distribution with event shape ``(L,)``.
     :param likelihood: maps decoder outputs to p(x | z), e.g. :func:`~ppl_vae.pyro.bernoulli`.
@@ -50,6 +41,5 @@ def vae_model(x, beta=None, *, decoder, prior, likelihood=bernoulli):
     pyro.module("decoder", decoder)
     p_z = latent_prior(prior, getattr(decoder, "latent_dim", None))
     with pyro.plate("data", x.shape[0]):
-        with kl_scale(beta):
-            z = pyro.sample("z", p_z)  # (N, L)
+        z = pyro.sample("z", p_z)  # (N, L)
         pyro.sample("x", likelihood(decoder(z)), obs=x)

@@ -16,6 +16,7 @@ The divergence rules of both training loops live here too:
   overfitting.
 """
 
+import contextlib
 import numbers
 
 import numpy as np
@@ -27,6 +28,7 @@ __all__ = [
     "check_bool",
     "check_data",
     "support_error",
+    "raised_by",
     "exploded_reason",
     "valid_elbo_problem",
     "EXPLODED_NATS_PER_DIM",
@@ -133,6 +135,21 @@ def support_error(name, site, kind, row, col, value):
     return ValueError(
         f"{name} is outside the support of the model's likelihood at site {site!r}: it needs "
         f"{describe_support(kind)}, and row {row}, column {col} is {value!r}.{advice}")
+
+
+@contextlib.contextmanager
+def raised_by(program, name, data):
+    """Turn what ``program`` (``"model"`` or ``"guide"``) raises while it runs on the first
+    rows of ``data`` into a ``ValueError`` that says which program raised what on which data,
+    with the program's own exception as its cause, so a traceback shows that first. It
+    guesses at no cause: the program's own message is the diagnosis."""
+    try:
+        yield
+    except Exception as e:
+        shape = tuple(np.shape(data))
+        raise ValueError(
+            f"the {program} raised {type(e).__name__}: {e} (run on the first 2 rows of {name}, "
+            f"shape {shape}, D = {shape[-1]} values per example).") from e
 
 
 def exploded_reason(loss_per_example):

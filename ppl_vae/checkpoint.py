@@ -21,7 +21,8 @@ stopping, and the learning rate (both backends then train on at the new rate). A
 else (a different ``num_pseudo``, hidden widths, batch size, warm-up, seed, dataset,
 parameter shapes, ...) is refused with the list of differences.
 
-This module imports only NumPy and the standard library.
+This module imports only NumPy, the standard library and :mod:`ppl_vae.errors` (where
+:class:`CheckpointError` and :class:`CheckpointMismatchError` are defined).
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import pathlib
 import zipfile
 
 import numpy as np
+
+from ppl_vae.errors import CheckpointError, CheckpointMismatchError
 
 __all__ = [
     "CheckpointError",
@@ -56,23 +59,9 @@ RESUMABLE = frozenset({"num_epochs", "early_stopping", "learning_rate"})
 # Settings that joined the configuration after checkpoints of this format were written,
 # with the value those runs had: a configuration without one compares as if it held it, so
 # the older checkpoints still resume.
-ADDED_SETTINGS = {"normalize_gradients": False}
+ADDED_SETTINGS = {"normalize_gradients": False, "optimizer": "adam"}
 _META = "__meta__"
 _LEGACY = (".pt", ".pkl")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be read: missing, truncated, corrupt or unsafe."""
-
-
-class CheckpointMismatchError(CheckpointError):
-    """A checkpoint written by a run with different settings than the one resuming it.
-
-    ``.differences`` lists ``(setting, in the checkpoint, now)``."""
-
-    def __init__(self, message, differences):
-        super().__init__(message)
-        self.differences = differences
 
 
 def _json_default(value):

@@ -6,6 +6,13 @@ Equinox modules (:mod:`ppl_vae.numpyro.nets`) and trained parameters are passed 
 (``params=``), since NumPyro keeps no global parameter store.
 """
 
+from ppl_vae.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    DistributedError,
+    TrainingDivergedError,
+    WarmupWarning,
+)
 from ppl_vae.numpyro.ais import (
     AISResult,
     BDMCBounds,
@@ -19,6 +26,7 @@ from ppl_vae.numpyro.evaluation import (
     importance_log_weights,
     log_weight_chunks,
 )
+from ppl_vae.numpyro.handlers import latent_scale
 from ppl_vae.numpyro.hvae import ConditionalGaussian, MultiInputDecoder, hvae_posterior_means
 from ppl_vae.numpyro.likelihoods import DiscretizedLogistic, bernoulli, discretized_logistic
 from ppl_vae.numpyro.nets import MLP, Decoder, Encoder, GatedDense
@@ -32,9 +40,9 @@ from ppl_vae.numpyro.priors import (
 )
 from ppl_vae.numpyro.training import (
     FitResult,
-    TrainingDivergedError,
     elbo_per_example,
     fit,
+    load_params,
     warmup_beta,
 )
 from ppl_vae.numpyro.vamp_prior import VampPrior, vamp_prior
@@ -66,9 +74,15 @@ __all__ = [
     "BDMCResult",
     "fit",
     "FitResult",
-    "TrainingDivergedError",
     "elbo_per_example",
     "warmup_beta",
+    "latent_scale",
+    "load_params",
+    "TrainingDivergedError",
+    "DistributedError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "WarmupWarning",
     "ConditionalGaussian",
     "MultiInputDecoder",
     "hvae_posterior_means",

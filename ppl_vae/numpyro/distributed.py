@@ -39,6 +39,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ppl_vae.errors import DistributedError
+
 __all__ = ["DistributedError", "initialize", "is_main_process", "num_shards", "shard_bounds",
            "gather_rows", "barrier", "mesh", "replicate", "batch_sharding", "AXIS",
            "DEFAULT_TIMEOUT"]
@@ -49,17 +51,6 @@ AXIS = "batch"
 DEFAULT_TIMEOUT = 600.0
 
 _ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
-
-
-class DistributedError(RuntimeError):
-    """Another host died or stopped answering (a collective failed).
-
-    ``.epoch`` and ``.step`` say where (1-based; ``.step`` None outside a step) and
-    ``.checkpoint`` is the last good ``last.npz`` (None without one)."""
-
-    def __init__(self, message, epoch=None, step=None, checkpoint=None):
-        super().__init__(message)
-        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
 
 
 def initialize(timeout=DEFAULT_TIMEOUT):

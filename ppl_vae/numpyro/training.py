@@ -1,34 +1,41 @@
 """Stochastic variational inference for model/guide pairs that follow the plate convention
 (NumPyro).
 
-Mirror of :mod:`ppl_vae.pyro.training`: :func:`fit` is minibatch SVI with a NumPyro ELBO
-(``Trace_ELBO`` or ``TraceMeanField_ELBO``), Adam (optax), KL warm-up, early stopping on the
-validation ELBO, checkpoints on disk, ``resume`` and a progress bar.
+Mirror of :mod:`ppl_vae.pyro.training`: :func:`fit` trains any NumPyro program whose first
+argument is the data, ``model(x, *args, **kwargs)`` and ``guide(x, *args, **kwargs)`` (the
+shape of NumPyro's own ``examples/vae.py``, or a ``functools.partial`` of
+``ppl_vae.models.vae_numpyro.vae_model``): minibatch SVI with a NumPyro ELBO
+(``Trace_ELBO``, ``TraceMeanField_ELBO``, ``RenyiELBO`` for the IWAE bound), any optax
+transformation or ``numpyro.optim`` optimizer (Adam by default), KL warm-up, early stopping
+on the validation ELBO, checkpoints on disk, ``resume``, per-epoch callbacks and a progress
+bar.
 
-A whole epoch is one jitted call: the training data sit on the device, the epoch's
-permutation is drawn inside the function and ``lax.fori_loop`` runs ``svi.update`` over the
-minibatches (the SVI state buffers are donated), so there is one host synchronisation per
-epoch. The validation ELBO is one jitted call too, with every prior built once
-(:func:`~ppl_vae.numpyro.prior_cache`).
+**KL warm-up** is a handler, not an argument of the programs: in epoch ``e`` (1-based) fit
+runs ``latent_scale(model, beta)`` and ``latent_scale(guide, beta)``
+(:class:`~ppl_vae.numpyro.latent_scale`), which multiply the log-density of every latent
+sample site by ``beta = min(1, e / warmup_epochs)``, a jnp scalar, so the epoch compiles
+once; observed sites are not scaled, and ``TraceMeanField_ELBO``'s analytic KL is scaled
+too. The validation ELBO is the full one.
 
-The model and guide are called as ``model(x, beta)`` and ``guide(x, beta)``: ``beta`` is the
-KL warm-up weight, a 0-d jnp array (so the epoch compiles once),
-``min(1, epoch / warmup_epochs)`` with epochs counted from 1, fixed within an epoch (as in the
-reference implementation).
+This module is the engine: one jitted epoch, the parameters' host snapshot, the SVI state to
+arrays and back. What is not a JAX call (the epochs, warm-up, the divergence rules, the
+checkpoints, resume, early stopping, callbacks) is :func:`ppl_vae._training.drive`, shared
+with the Pyro backend. A whole epoch is one jitted call: the training data sit on the
+device, the epoch's permutation is drawn inside the function and ``lax.fori_loop`` runs
+``svi.stable_update`` over the minibatches (the SVI state buffers are donated), so there is
+one host synchronisation per epoch. The validation ELBO is one jitted call too, with every
+prior built once (:func:`~ppl_vae.numpyro.prior_cache`).
 
 Differences from the Pyro half, all because NumPyro has no global state: randomness comes
 from the leading ``rng_key`` (no ``seed=``); there is no param store to load the best
 parameters into, so they are returned in :class:`FitResult` ``.params`` (constrained values
 by param name, ready for ``numpyro.handlers.substitute(model, data=params)`` or the
-``params=`` argument of the evaluation functions), and :class:`TrainingDivergedError`
-carries the last good parameters as ``.params``.
+``params=`` argument of the evaluation functions), and
+:class:`~ppl_vae.errors.TrainingDivergedError` carries the last good parameters as
+``.params``.
 """
 
 import math
-import time
-import warnings
-from pathlib import Path
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,29 +45,25 @@ from jax import lax, random
 from jax.sharding import NamedSharding, PartitionSpec
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.elbo import ELBO
-from numpyro.optim import optax_to_numpyro
-from tqdm.auto import tqdm
+from numpyro.optim import _NumPyroOptim, optax_to_numpyro
 
-from ppl_vae._checks import (
-    EXPLODED_NATS_PER_DIM,
-    check_bool,
-    check_data,
-    check_int,
-    check_positive_float,
-    exploded_reason,
-    valid_elbo_problem,
+from ppl_vae._checks import EXPLODED_NATS_PER_DIM, check_data, check_int, exploded_reason
+from ppl_vae._training import (
+    DEFAULT_OPTIMIZER,
+    Diverged,
+    FitResult,
+    Lost,
+    check_resume,
+    check_settings,
+    drive,
+    run_config,
+    warmup_beta,
 )
-from ppl_vae.checkpoint import (
-    CheckpointError,
-    check_resumable,
-    check_signature,
-    legacy_checkpoints,
-    load_checkpoint,
-    param_signature,
-    save_checkpoint,
-)
+from ppl_vae.checkpoint import check_signature, load_checkpoint, param_signature
+from ppl_vae.errors import CheckpointError, TrainingDivergedError
 from ppl_vae.numpyro import distributed as _dist
 from ppl_vae.numpyro.evaluation import _build_prior_cache
+from ppl_vae.numpyro.handlers import latent_scale
 from ppl_vae.numpyro.priors import _cached_priors
 from ppl_vae.numpyro.validation import check_model_on_data
 
@@ -68,49 +71,13 @@ __all__ = ["fit", "FitResult", "TrainingDivergedError", "elbo_per_example", "war
            "load_params"]
 
 
-class TrainingDivergedError(RuntimeError):
-    """Training diverged: a NaN or infinite loss or gradient at some step, a loss that
-    exploded, or a validation ELBO that collapsed (the rules: :mod:`ppl_vae._checks`).
-
-    ``.params`` holds the last good epoch's parameters (the initial ones if none finished);
-    the checkpoints on disk are those of the last good epoch. ``.epoch`` and ``.step`` say
-    where it happened (1-based; ``.step`` None for a collapse)."""
-
-    def __init__(self, message, params=None, epoch=None, step=None):
-        super().__init__(message)
-        self.params, self.epoch, self.step = params, epoch, step
-
-
-class FitResult(NamedTuple):
-    """What :func:`fit` returns.
-
-    :ivar list history: one dict per epoch: ``epoch``, ``beta``, ``learning_rate``,
-        ``train_loss`` (the scaled negative ELBO per example), ``valid_elbo`` (full ELBO per
-        example, or None), ``seconds``.
-    :ivar int best_epoch: the epoch whose parameters are in ``params``.
-    :ivar float best_valid_elbo: its validation ELBO (None without validation data).
-    :ivar bool stopped_early: True when early stopping ended the run.
-    :ivar checkpoint_dir: where ``last.npz`` and ``best.npz`` were written (or None).
-    :ivar dict params: the best epoch's parameters by NumPyro param name (constrained values,
-        as ``svi.get_params`` returns them), for ``handlers.substitute`` or ``params=``.
-    :ivar dict config: the run's configuration, as stored in its checkpoints.
-    """
-
-    history: list
-    best_epoch: int
-    best_valid_elbo: float
-    stopped_early: bool
-    checkpoint_dir: object
-    params: dict
-    config: dict = None
-
-
-def warmup_beta(epoch, warmup_epochs):
-    """KL weight for 0-based ``epoch``: ``min(1, (epoch + 1) / warmup_epochs)``, 1 without
-    warm-up. Never 0 (``handlers.scale`` rejects a zero scale)."""
-    if not warmup_epochs:
-        return 1.0
-    return min(1.0, (epoch + 1) / warmup_epochs)
+def _annealed(program):
+    """``program`` under :class:`latent_scale` with the KL weight fit passes as the keyword
+    ``_kl_weight`` (a traced jnp scalar); the program itself never sees it."""
+    def annealed(x, *args, _kl_weight, **kwargs):
+        with latent_scale(scale=_kl_weight):
+            return program(x, *args, **kwargs)
+    return annealed
 
 
 def _as_array(name, data, device, num_features=None):
@@ -131,11 +98,13 @@ def _check_key(rng_key):
         raise TypeError(f"rng_key must be a jax.random.PRNGKey; got {type(rng_key).__name__}.")
 
 
-def _elbo_sum_fn(model, guide, elbo, batch_size, num_examples, mesh=None):
+def _elbo_sum_fn(model, guide, elbo, batch_size, num_examples, mesh=None, args=(),
+                 kwargs=None):
     """Jitted ``(rng_key, params, data) -> sum of -ELBO`` over ``data`` in chunks of
     ``batch_size``, with every prior built once (not per chunk); with a ``mesh``, each
     chunk's rows are split over its devices."""
     num_full, rem = divmod(num_examples, batch_size)
+    kwargs = kwargs or {}
 
     def shard(x):
         return x if mesh is None else lax.with_sharding_constraint(
@@ -143,28 +112,30 @@ def _elbo_sum_fn(model, guide, elbo, batch_size, num_examples, mesh=None):
 
     def total_loss(rng_key, params, data):
         key_cache, key_full, key_rem = random.split(rng_key, 3)
-        cache = _build_prior_cache(key_cache, model, params, data[:1], (None,), {})
+        cache = _build_prior_cache(key_cache, model, params, data[:1], args, kwargs)
         with _cached_priors(cache):
             total = jnp.zeros((), data.dtype)
             if num_full:
                 chunks = data[:num_full * batch_size].reshape(num_full, batch_size, -1)
                 losses = lax.map(
-                    lambda a: elbo.loss(a[0], params, model, guide, shard(a[1]), None),
+                    lambda a: elbo.loss(a[0], params, model, guide, shard(a[1]), *args,
+                                        **kwargs),
                     (random.split(key_full, num_full), chunks),
                 )
                 total = total + losses.sum()
             if rem:
                 total = total + elbo.loss(key_rem, params, model, guide,
-                                          shard(data[num_full * batch_size:]), None)
+                                          shard(data[num_full * batch_size:]), *args, **kwargs)
         return total
 
     return jax.jit(total_loss)
 
 
 def elbo_per_example(rng_key, model, guide, data, elbo=None, batch_size=1000, *, params=None,
-                     distributed=False):
-    """Mean single-sample ELBO per example of ``data`` (``model(x, None)``: full KL).
+                     distributed=False, model_args=(), model_kwargs=None):
+    """Mean single-sample ELBO per example of ``data`` (the full ELBO: no warm-up).
 
+    :param model: ``model(x, *model_args, **model_kwargs)``; ``guide`` likewise.
     :param dict params: parameter values by param name (e.g. ``FitResult.params``); None for
         the networks' initial weights or an already substituted model.
     :param bool distributed: split each chunk's rows over every device
@@ -179,7 +150,8 @@ def elbo_per_example(rng_key, model, guide, data, elbo=None, batch_size=1000, *,
         _dist.initialize()
         mesh = _dist.mesh()
         data, params = _dist.replicate((data, params or {}), mesh)
-    fn = _elbo_sum_fn(model, guide, elbo, batch_size, len(data), mesh)
+    fn = _elbo_sum_fn(model, guide, elbo, batch_size, len(data), mesh, tuple(model_args),
+                      model_kwargs)
     return -float(fn(rng_key, params or {}, data)) / len(data)
 
 
@@ -218,30 +190,31 @@ def _key_data(rng_key):
     return np.asarray(rng_key).tolist()
 
 
-def load_params(path, model, guide, data, *args):
+def load_params(path, model, guide, data, *args, **kwargs):
     """The parameters of a checkpoint (``best.npz`` or ``last.npz``) for the same model and
     guide, e.g. to evaluate a trained model without training; for ``params=`` of the
     evaluation functions or ``handlers.substitute``.
 
-    :param model: the model the checkpoint was trained with (``model(x, *args)``).
+    :param model: the model the checkpoint was trained with (``model(x, *args, **kwargs)``).
     :param guide: its guide.
     :param data: a few rows ``(n, D)``: one trace of the pair gives the parameters' structure.
-    :param args: the model's other arguments (e.g. ``beta``, default 1).
     :returns: ``(params, meta)``: the constrained parameter values by name and the
         checkpoint's metadata (``epoch``, ``config``, ...).
-    :raises CheckpointError: unreadable, written by the Pyro backend, or for another model.
+    :raises ~ppl_vae.errors.CheckpointError: unreadable, written by the Pyro backend, or for
+        another model.
     """
     arrays, meta = load_checkpoint(path, backend="numpyro")
-    args = args or (jnp.asarray(1.0),)
     svi = SVI(model, guide, optax_to_numpyro(optax.adam(1e-3)), Trace_ELBO())
-    template = svi.get_params(svi.init(random.PRNGKey(0), jnp.asarray(data[:2]), *args))
+    template = svi.get_params(svi.init(random.PRNGKey(0), jnp.asarray(data[:2]), *args,
+                                       **kwargs))
     names = list(_host_params(template))
     flat = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
     check_signature(path, meta, param_signature(_host_params(template)))
     return _params_tree(jax.tree_util.tree_structure(template), names, flat, path), meta
 
 
-def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization, mesh=None):
+def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization, mesh=None,
+              args=(), kwargs=None):
     """Jitted ``(svi_state, key, beta, data) -> (svi_state, summed loss, first bad step, its
     loss)``: one epoch of minibatch SVI steps over a permutation drawn from ``key``, inside
     the device (``lax.fori_loop``; the last, smaller minibatch has its own static shape).
@@ -254,6 +227,7 @@ def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization, mesh=N
     With ``dynamic_binarization`` each minibatch is a fresh Bernoulli draw of its grey
     levels, keyed by the epoch's key and the step."""
     num_full, rem = divmod(num_train, batch_size)
+    kwargs = kwargs or {}
 
     def run_epoch(svi_state, key, beta, data):
         key_perm, key_bits = random.split(key)
@@ -266,7 +240,7 @@ def _epoch_fn(svi, num_train, batch_size, exploded, dynamic_binarization, mesh=N
             if dynamic_binarization:
                 x = random.bernoulli(random.fold_in(key_bits, i), x).astype(x.dtype)
             new_state, loss = lax.cond(
-                bad < 0, lambda s: svi.stable_update(s, x, beta),
+                bad < 0, lambda s: svi.stable_update(s, x, *args, _kl_weight=beta, **kwargs),
                 lambda s: (s, jnp.asarray(jnp.nan, total.dtype)), svi_state)
             is_bad = (bad < 0) & (~jnp.isfinite(loss) | (loss / x.shape[0] > exploded))
             bad_loss = jnp.where(is_bad, loss, bad_loss)
@@ -298,17 +272,150 @@ def _unit_norm(updates, params=None):
     return jax.tree_util.tree_map(lambda g: g / (jnp.linalg.norm(g.ravel()) + 1e-7), updates)
 
 
-def _adam(learning_rate, normalize_gradients=False):
-    """``optax.adam``, after :func:`_unit_norm` with ``normalize_gradients``."""
-    adam = optax.adam(learning_rate)
-    return optax.chain(optax.stateless(_unit_norm), adam) if normalize_gradients else adam
+def _optimizer_spec(optimizer, learning_rate, normalize_gradients):
+    """``(the NumPyro optimizer, the learning rate or None, the checkpoint's record)`` for
+    fit's ``optimizer`` argument: None (``optax.adam(learning_rate)``), an optax
+    ``GradientTransformation`` or a ``numpyro.optim`` optimizer; with ``normalize_gradients``
+    each gradient is first scaled to unit L2 norm (an ``optax.chain``)."""
+    if optimizer is None:
+        transform, lr, record = optax.adam(learning_rate), learning_rate, DEFAULT_OPTIMIZER
+    elif isinstance(optimizer, optax.GradientTransformation):
+        # its learning rate is inside it: fit cannot read or change it
+        transform, lr, record = optimizer, None, "optax"
+    elif isinstance(optimizer, _NumPyroOptim):
+        if normalize_gradients:
+            raise ValueError("normalize_gradients=True chains an optax transformation before "
+                             "the optimizer; pass an optax optimizer (e.g. optax.adam(1e-3)) "
+                             f"instead of {type(optimizer).__name__}.")
+        return optimizer, None, f"numpyro.optim.{type(optimizer).__name__}"
+    else:
+        raise ValueError(
+            f"optimizer must be None (Adam at learning_rate), an optax GradientTransformation "
+            f"such as optax.adamw(1e-3), or a numpyro.optim optimizer such as "
+            f"numpyro.optim.Adam(1e-3); got {optimizer!r}.")
+    if normalize_gradients:
+        transform = optax.chain(optax.stateless(_unit_norm), transform)
+    return optax_to_numpyro(transform), lr, record
+
+
+class _Engine:
+    """What :func:`ppl_vae._training.drive` needs from NumPyro: one jitted epoch, the
+    validation ELBO, the parameters' host snapshot and the SVI state as arrays."""
+
+    backend, peers, restores_params = "numpyro", "devices", False
+
+    def __init__(self, *, svi, svi_state, key_perm, key_valid, model, guide, elbo, train_data,
+                 valid_data, batch_size, dynamic_binarization, exploded, mesh, args, kwargs):
+        self.svi, self.svi_state = svi, svi_state
+        self.key_perm, self.key_valid = key_perm, key_valid
+        self.train_data, self.valid_data, self.mesh = train_data, valid_data, mesh
+        self.num_train = len(train_data)
+        self.batch_size = batch_size
+        self.num_batches = math.ceil(self.num_train / batch_size)
+        self.is_main = mesh is None or _dist.is_main_process()
+        self._get_params = jax.jit(svi.get_params)
+        self.state_def = jax.tree_util.tree_structure(svi_state)
+        template = self._get_params(svi_state)
+        self.params_def = jax.tree_util.tree_structure(template)
+        host = _host_params(template)
+        self.param_names = list(host)
+        self.signature = param_signature(host)
+        self.epoch_fn = _epoch_fn(svi, self.num_train, batch_size, exploded,
+                                  dynamic_binarization, mesh, args, kwargs)
+        self.valid_fn = (None if valid_data is None else _elbo_sum_fn(
+            model, guide, elbo, 1000, len(valid_data), mesh, args, kwargs))
+        self._params = None  # get_params(svi_state), computed once per epoch
+        self._path = None
+
+    def _lost(self, error, what):
+        if jax.process_count() == 1:
+            raise error
+        raise Lost(f"process {jax.process_index()} of {jax.process_count()}", what, "host",
+                   error) from error
+
+    def _current_params(self):
+        if self._params is None:
+            self._params = self._get_params(self.svi_state)
+        return self._params
+
+    def train_epoch(self, epoch, beta):
+        try:
+            self.svi_state, total, bad, bad_loss = self.epoch_fn(
+                self.svi_state, random.fold_in(self.key_perm, epoch),
+                jnp.asarray(beta, self.train_data.dtype), self.train_data)
+            self._params = None
+            bad = int(bad)  # one host sync per epoch
+        except jax.errors.JaxRuntimeError as e:
+            self._lost(e, "the jitted epoch")
+        if bad >= 0:
+            full = self.num_train // self.batch_size
+            size = self.batch_size if bad < full else self.num_train % self.batch_size
+            value = float(bad_loss)
+            raise Diverged(f"the loss or a gradient became non-finite (loss {value})"
+                           if not math.isfinite(value) else exploded_reason(value / size),
+                           bad + 1)
+        return float(total)
+
+    def valid_elbo(self, epoch):
+        try:
+            loss = self.valid_fn(random.fold_in(self.key_valid, epoch), self._current_params(),
+                                 self.valid_data)
+            return -float(loss) / len(self.valid_data)
+        except jax.errors.JaxRuntimeError as e:
+            self._lost(e, "the validation ELBO")
+
+    # ------------------------------------------------------------------- parameters
+    def snapshot(self):
+        return _host_params(self._current_params())
+
+    def restore(self, snapshot):
+        pass  # no global state: the result and the error carry the parameters
+
+    def result_params(self, snapshot):
+        return _params_tree(self.params_def, self.param_names, snapshot, self._path)
+
+    def to_arrays(self, snapshot):
+        return snapshot
+
+    def from_arrays(self, arrays):
+        return arrays
+
+    def param_meta(self):
+        return {}
+
+    # -------------------------------------------------------------------- SVI state
+    def state_arrays(self):
+        return {f"state/{i}": leaf for i, leaf in enumerate(_leaves(self.svi_state))}
+
+    def state_meta(self):
+        return {"num_state_leaves": self.state_def.num_leaves,
+                "num_devices": 1 if self.mesh is None else self.mesh.size,
+                "versions": {"jax": jax.__version__, "numpyro": _numpyro_version()}}
+
+    def load_state(self, arrays, meta):
+        leaves = [arrays[f"state/{i}"] for i in range(meta["num_state_leaves"])]
+        self.svi_state = _unflatten(self.state_def, leaves, "an SVI state", self._path)
+        self._params = None
+
+    # ------------------------------------------------------------ devices and hosts
+    def start(self, start_epoch, last_path):
+        self._path = last_path
+        if self.mesh is not None:
+            _check_same_start(start_epoch, last_path)
+            self.svi_state, self.train_data, self.valid_data = _dist.replicate(
+                (self.svi_state, self.train_data, self.valid_data), self.mesh)
+            self._params = None
+
+    def barrier(self, epoch):
+        if self.mesh is not None:
+            _dist.barrier(f"ppl_vae checkpoint {epoch}")  # no host runs ahead of process 0
 
 
 def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, batch_size=100,
-        learning_rate=5e-4, elbo=None, warmup_epochs=0, early_stopping=None,
+        learning_rate=5e-4, elbo=None, optimizer=None, warmup_epochs=0, early_stopping=None,
         checkpoint_dir=None, resume=False, device=None, progress=True, description="train",
         config=None, dynamic_binarization=False, distributed=False,
-        normalize_gradients=False):
+        normalize_gradients=False, callbacks=None, model_args=(), model_kwargs=None):
     """Train ``model``/``guide`` by SVI on ``train_data``; return a :class:`FitResult`.
 
     ``FitResult.params`` holds the parameters of the best epoch (highest validation ELBO; the
@@ -317,8 +424,9 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     Everything is validated before the first step, as in the Pyro backend and with the same
     messages: the arguments, the data (shape, finite values, the same D in both splits, the
     support of the model's likelihood: binary data for a Bernoulli), and one eager run of
-    the model and guide on two rows (a width that does not match D fails there). A
-    ``batch_size`` above N trains on one batch of all N examples per epoch.
+    the guide and the model on two rows (what either raises there is shown first, as the
+    cause of a ``ValueError`` naming the data). A ``batch_size`` above N trains on one batch
+    of all N examples per epoch.
 
     Example::
 
@@ -329,20 +437,28 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
                                        params=result.params)
 
     :param rng_key: ``jax.random.PRNGKey``: initialisation, shuffling, ELBO samples.
-    :param model: ``model(x, beta)``, e.g. a ``functools.partial`` of
+    :param model: ``model(x, *model_args, **model_kwargs)``, ``x`` a minibatch ``(n, D)``;
+        every sample site in the plate ``"data"`` (dim -1), e.g. a ``functools.partial`` of
         ``ppl_vae.models.vae_numpyro.vae_model``.
-    :param guide: ``guide(x, beta)``.
+    :param guide: ``guide(x, *model_args, **model_kwargs)``.
     :param train_data: ``(N, D)`` array (any float or integer dtype, or a torch tensor).
     :param valid_data: optional ``(M, D)``; its full ELBO drives early stopping and the best
         checkpoint.
     :param elbo: a NumPyro ELBO instance (default ``Trace_ELBO()``); ``TraceMeanField_ELBO()``
-        uses an analytic KL where one is registered.
-    :param int warmup_epochs: KL warm-up length (0: none).
+        uses an analytic KL where one is registered; ``RenyiELBO(alpha=0,
+        num_particles=k)`` is the IWAE bound.
+    :param optimizer: None for ``optax.adam(learning_rate)``, an optax
+        ``GradientTransformation`` (``optax.adamw(1e-3)``; its learning rate is its own,
+        ``learning_rate`` is not used) or a ``numpyro.optim`` optimizer. Recorded in the
+        checkpoints: a resume with another optimizer is refused.
+    :param int warmup_epochs: KL warm-up length (0: none): epoch ``e`` trains with the latent
+        sites scaled by ``min(1, e / warmup_epochs)`` (:class:`~ppl_vae.numpyro.latent_scale`).
+        A run shorter than its warm-up warns (:class:`~ppl_vae.errors.WarmupWarning`).
     :param int early_stopping: stop after this many epochs past warm-up without a better
         validation ELBO (None: never).
     :param bool normalize_gradients: divide each parameter's gradient by its own L2 norm
-        (plus 1e-7) before Adam, as the reference implementation of the VampPrior paper
-        does (its ``AdamNormGrad``); default plain Adam.
+        (plus 1e-7) before the optimizer, as the reference implementation of the VampPrior
+        paper does (its ``AdamNormGrad``); default plain Adam.
     :param checkpoint_dir: directory for ``last.npz`` (every epoch: SVI state, key, history)
         and ``best.npz`` (best parameters), in :mod:`ppl_vae.checkpoint`'s format: arrays and
         JSON, never a pickle.
@@ -350,7 +466,7 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         an uninterrupted run (the checkpoint's key is used). The checkpoint's configuration
         must match this run's, except ``num_epochs``, ``early_stopping`` and
         ``learning_rate`` (which then applies from the next step on); otherwise
-        :class:`~ppl_vae.checkpoint.CheckpointMismatchError` lists the differences.
+        :class:`~ppl_vae.errors.CheckpointMismatchError` lists the differences.
     :param device: a ``jax.Device`` for the data (default: JAX's default device).
     :param dict config: the caller's description of the run (model, prior, sizes,
         likelihood, dataset, ...): plain JSON data, stored in the checkpoints beside fit's
@@ -366,28 +482,31 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         single-device run, so the result equals it up to float32 summation order. Only
         process 0 writes checkpoints, which resume on any number of devices. Leave
         ``device`` None.
+    :param callbacks: a callable or a list of them, each called after every epoch (on
+        process 0) with that epoch's history record (a dict: ``epoch``, ``beta``,
+        ``learning_rate``, ``train_loss``, ``valid_elbo``, ``seconds``), e.g. to log to
+        TensorBoard or MLflow (:mod:`ppl_vae.callbacks`).
+    :param tuple model_args: further positional arguments of model and guide, after ``x``.
+    :param dict model_kwargs: keyword arguments of model and guide.
     :raises ValueError: bad arguments or data, before any work.
-    :raises TrainingDivergedError: the loss or a gradient turned NaN/inf at some step, the
-        loss exploded, or the validation ELBO collapsed; the error's ``.params`` are the
-        last good epoch's and its checkpoints are kept.
-    :raises ~ppl_vae.numpyro.distributed.DistributedError: (``distributed=True`` over several
-        hosts) another host died; its message names the last good checkpoint.
+    :raises ~ppl_vae.errors.TrainingDivergedError: the loss or a gradient turned NaN/inf at
+        some step, the loss exploded, or the validation ELBO collapsed; the error's
+        ``.params`` are the last good epoch's and its checkpoints are kept.
+    :raises ~ppl_vae.errors.DistributedError: (``distributed=True`` over several hosts)
+        another host died; its message names the last good checkpoint.
     """
     _check_key(rng_key)
-    num_epochs = check_int("num_epochs", num_epochs)
-    batch_size = check_int("batch_size", batch_size)
-    warmup_epochs = check_int("warmup_epochs", warmup_epochs, 0)
-    if early_stopping is not None:
-        early_stopping = check_int("early_stopping", early_stopping)
-    learning_rate = check_positive_float("learning_rate", learning_rate)
-    normalize_gradients = check_bool("normalize_gradients", normalize_gradients)
+    settings = check_settings(
+        num_epochs=num_epochs, batch_size=batch_size, warmup_epochs=warmup_epochs,
+        early_stopping=early_stopping, learning_rate=learning_rate,
+        normalize_gradients=normalize_gradients, config=config, checkpoint_dir=checkpoint_dir,
+        resume=resume, callbacks=callbacks)
     if elbo is not None and not isinstance(elbo, ELBO):
         raise ValueError(f"elbo must be a NumPyro ELBO instance such as Trace_ELBO(); got "
                          f"{type(elbo).__name__}.")
-    if config is not None and not isinstance(config, dict):
-        raise ValueError(f"config must be a dict of plain settings; got {type(config).__name__}.")
-    if resume and checkpoint_dir is None:
-        raise ValueError("resume=True needs a checkpoint_dir to resume from.")
+    numpyro_optimizer, lr, optimizer_record = _optimizer_spec(
+        optimizer, settings["learning_rate"], settings["normalize_gradients"])
+    model_args, model_kwargs = tuple(model_args), dict(model_kwargs or {})
     if distributed and device is not None:
         raise ValueError(f"distributed=True runs on every device, jax.devices(); got device="
                          f"{device!r} too. Leave device None.")
@@ -395,7 +514,6 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     if distributed:
         _dist.initialize()
         mesh = _dist.mesh()
-    main = mesh is None or _dist.is_main_process()  # writes checkpoints, shows progress
     train_data = _as_array("train_data", train_data, device)
     num_train, num_features = train_data.shape
     valid_data = _as_array("valid_data", valid_data, device, num_features)
@@ -404,178 +522,47 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
                          "probabilities each pixel is drawn with); got values in "
                          f"[{float(train_data.min())}, {float(train_data.max())}].")
     elbo = elbo or Trace_ELBO()
-    one = jnp.asarray(1.0, train_data.dtype)
     head = (random.bernoulli(random.PRNGKey(0), train_data[:2]).astype(train_data.dtype)
             if dynamic_binarization else train_data)
-    check_model_on_data(model, guide, head, "train_data", one)
+    check_model_on_data(model, guide, head, "train_data", *model_args, **model_kwargs)
     if valid_data is not None:
-        check_model_on_data(model, guide, valid_data, "valid_data", one)
+        check_model_on_data(model, guide, valid_data, "valid_data", *model_args,
+                            **model_kwargs)
 
-    run_config = {
-        "backend": "numpyro", "elbo": type(elbo).__name__,
-        "num_particles": getattr(elbo, "num_particles", 1), "batch_size": batch_size,
-        "warmup_epochs": warmup_epochs, "rng_key": _key_data(rng_key), "num_train": num_train,
-        "num_valid": 0 if valid_data is None else len(valid_data),
-        "num_features": num_features, "dynamic_binarization": bool(dynamic_binarization),
-        "num_epochs": num_epochs, "early_stopping": early_stopping,
-        "learning_rate": learning_rate, "normalize_gradients": normalize_gradients,
-        **(config or {})}
-    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    last_path = best_path = None
-    arrays = meta = None
-    if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        last_path, best_path = ckpt_dir / "last.npz", ckpt_dir / "best.npz"
-        if resume and last_path.exists():
-            arrays, meta = load_checkpoint(last_path, backend="numpyro")
-        elif resume and legacy_checkpoints(ckpt_dir):
-            raise CheckpointError(
-                f"{legacy_checkpoints(ckpt_dir)[0]} is a checkpoint of ppl_vae 0.1, a pickle, "
-                "which is never loaded (unpickling can run code). Train again (without "
-                "resume, or in another checkpoint_dir).")
-        elif resume and main:
-            warnings.warn(f"resume=True but {last_path} does not exist; starting from "
-                          "scratch.", stacklevel=2)
+    config = run_config(
+        "numpyro", elbo=elbo, seed=("rng_key", _key_data(rng_key)),
+        batch_size=settings["batch_size"], warmup_epochs=settings["warmup_epochs"],
+        num_train=num_train, num_valid=0 if valid_data is None else len(valid_data),
+        num_features=num_features, dynamic_binarization=dynamic_binarization,
+        num_epochs=settings["num_epochs"], early_stopping=settings["early_stopping"],
+        learning_rate=lr, normalize_gradients=settings["normalize_gradients"],
+        optimizer=optimizer_record, config=config)
+    if settings["resume"]:  # an unreadable or mismatched checkpoint fails before compiling
+        check_resume(checkpoint_dir, "numpyro", config)
     key_init, key_perm, key_valid = random.split(rng_key, 3)
-    batch_size = min(batch_size, num_train)  # above N: one batch of all N per epoch
-
-    svi = SVI(model, guide, optax_to_numpyro(_adam(learning_rate, normalize_gradients)), elbo)
+    run_batch_size = min(settings["batch_size"], num_train)  # above N: one batch of all N
+    annealed_model, annealed_guide = _annealed(model), _annealed(guide)
+    svi = SVI(annealed_model, annealed_guide, numpyro_optimizer, elbo)
+    one = jnp.asarray(1.0, train_data.dtype)
     # One trace registers every parameter (networks, pseudo-inputs, ...).
-    svi_state = jax.jit(svi.init)(key_init, head[:batch_size], one)
+    svi_state = jax.jit(lambda key, x: svi.init(key, x, *model_args, _kl_weight=one,
+                                                **model_kwargs))(key_init, head[:run_batch_size])
     # The initial parameters are the networks' own arrays (eqx_module's init values): copy
     # them, since the epoch donates the state's buffers.
     svi_state = jax.tree_util.tree_map(jnp.copy, svi_state)
-    get_params = jax.jit(svi.get_params)
-    state_def = jax.tree_util.tree_structure(svi_state)
-    params_def = jax.tree_util.tree_structure(get_params(svi_state))
-    params_init = _host_params(get_params(svi_state))
-    param_names = list(params_init)
-    signature = param_signature(params_init)
-
-    history, start_epoch = [], 0
-    best = {"epoch": -1, "valid_elbo": -math.inf, "params": None, "bad_epochs": 0}
-    if meta is not None:
-        check_resumable(last_path, meta, run_config, signature)
-        leaves = [arrays[f"state/{i}"] for i in range(meta["num_state_leaves"])]
-        svi_state = _unflatten(state_def, leaves, "an SVI state", last_path)
-        history, start_epoch = meta["history"], meta["epoch"]
-        best_params = {k[len("best/"):]: v for k, v in arrays.items() if k.startswith("best/")}
-        best = dict(meta["best"], params=best_params or None)
-    if mesh is not None:
-        _check_same_start(start_epoch, last_path)
-        svi_state, train_data, valid_data = _dist.replicate((svi_state, train_data, valid_data),
-                                                            mesh)
-
-    good = {"epoch": start_epoch, "params": params_init if meta is None
-            else _host_params(get_params(svi_state))}
-    epoch_fn = _epoch_fn(svi, num_train, batch_size, EXPLODED_NATS_PER_DIM * num_features,
-                         bool(dynamic_binarization), mesh)
-    valid_fn = (_elbo_sum_fn(model, guide, elbo, 1000, len(valid_data), mesh)
-                if valid_data is not None else None)
-    num_batches = math.ceil(num_train / batch_size)
-
-    stopped_early = False
-    bar = tqdm(range(start_epoch, num_epochs), desc=description, disable=not progress or not main,
-               initial=start_epoch, total=num_epochs, unit="epoch", dynamic_ncols=True)
-
-    def diverged(reason, epoch, step=None):
-        bar.close()
-        where = (f"; the last good checkpoint is {last_path}" if last_path is not None
-                 and last_path.exists() else "")
-        at = f"epoch {epoch}" + (f", step {step} of {num_batches}" if step else "")
-        restored = (f"the parameters of epoch {good['epoch']}" if good["epoch"]
-                    else "the initial parameters")
-        params = _params_tree(params_def, param_names, good["params"], last_path)
-        return TrainingDivergedError(
-            f"training diverged in {at}: {reason}. Stopped; {restored} are in this error's "
-            f".params{where}. Try a smaller learning_rate (now {learning_rate:g}).",
-            params=params, epoch=epoch, step=step)
-
-    def lost(error, epoch):
-        bar.close()
-        where = (f"the last good checkpoint is {last_path} (epoch {good['epoch']}): resume "
-                 "from it with resume=True, on any number of devices"
-                 if last_path is not None and good["epoch"] else "no checkpoint was written")
-        return _dist.DistributedError(
-            f"process {jax.process_index()} of {jax.process_count()}: epoch {epoch} failed: "
-            f"another host died or stopped answering ({type(error).__name__}: "
-            f"{str(error).strip().splitlines()[0][:200]}). Stopped; {where}.", epoch=epoch,
-            checkpoint=last_path if last_path is not None and good["epoch"] else None)
-
-    for epoch in bar:
-        t0 = time.perf_counter()
-        beta = warmup_beta(epoch, warmup_epochs)
-        try:
-            svi_state, total, bad, bad_loss = epoch_fn(
-                svi_state, random.fold_in(key_perm, epoch), jnp.asarray(beta, train_data.dtype),
-                train_data)
-            bad = int(bad)  # one host sync per epoch
-        except jax.errors.JaxRuntimeError as e:
-            if jax.process_count() == 1:
-                raise
-            raise lost(e, epoch + 1) from e
-        if bad >= 0:
-            size = batch_size if bad < num_train // batch_size else num_train % batch_size
-            value = float(bad_loss)
-            reason = (f"the loss or a gradient became non-finite (loss {value})"
-                      if not math.isfinite(value) else exploded_reason(value / size))
-            raise diverged(reason, epoch + 1, bad + 1)
-        train_loss = float(total) / num_train
-        record = {"epoch": epoch + 1, "beta": beta, "learning_rate": learning_rate,
-                  "train_loss": train_loss, "valid_elbo": None, "seconds": None}
-        params = get_params(svi_state)
-        if valid_data is not None:
-            try:
-                loss = valid_fn(random.fold_in(key_valid, epoch), params, valid_data)
-                record["valid_elbo"] = -float(loss) / len(valid_data)
-            except jax.errors.JaxRuntimeError as e:
-                if jax.process_count() == 1:
-                    raise
-                raise lost(e, epoch + 1) from e
-            problem = valid_elbo_problem(record["valid_elbo"], best["valid_elbo"],
-                                         best["epoch"], num_features)
-            if problem:
-                raise diverged(problem, epoch + 1)
-        record["seconds"] = time.perf_counter() - t0
-        history.append(record)
-
-        params_now = _host_params(params)
-        score = record["valid_elbo"] if valid_data is not None else -train_loss
-        if score > best["valid_elbo"] or valid_data is None:
-            best.update(epoch=epoch + 1, valid_elbo=score, params=params_now, bad_epochs=0)
-            if ckpt_dir is not None and main:
-                save_checkpoint(best_path, {f"params/{k}": v for k, v in params_now.items()}, {
-                    "backend": "numpyro", "kind": "best", "epoch": epoch + 1,
-                    "valid_elbo": record["valid_elbo"], "config": run_config,
-                    "signature": signature})
-        elif epoch + 1 > warmup_epochs:
-            best["bad_epochs"] += 1
-        if ckpt_dir is not None and main:
-            leaves = _leaves(svi_state)
-            arrays = {f"params/{k}": v for k, v in params_now.items()}
-            arrays.update({f"best/{k}": v for k, v in best["params"].items()})
-            arrays.update({f"state/{i}": leaf for i, leaf in enumerate(leaves)})
-            save_checkpoint(last_path, arrays, {
-                "backend": "numpyro", "kind": "last", "epoch": epoch + 1, "config": run_config,
-                "signature": signature, "num_state_leaves": len(leaves), "history": history,
-                "best": {k: v for k, v in best.items() if k != "params"},
-                "num_devices": 1 if mesh is None else mesh.size,
-                "versions": {"jax": jax.__version__, "numpyro": _numpyro_version()}})
-        if ckpt_dir is not None and mesh is not None:
-            _dist.barrier(f"ppl_vae checkpoint {epoch + 1}")  # no host runs ahead of process 0
-        good = {"epoch": epoch + 1, "params": params_now}
-        bar.set_postfix(loss=f"{train_loss:.2f}", valid=(
-            f"{record['valid_elbo']:.2f}" if record["valid_elbo"] is not None else "-"),
-            beta=f"{beta:.2f}")
-        if early_stopping is not None and best["bad_epochs"] >= early_stopping:
-            stopped_early = True
-            break
-    bar.close()
-    best_params = (None if best["params"] is None else
-                   _params_tree(params_def, param_names, best["params"], best_path))
-    return FitResult(history, best["epoch"],
-                     best["valid_elbo"] if valid_data is not None else None,
-                     stopped_early, ckpt_dir, best_params, run_config)
+    engine = _Engine(
+        svi=svi, svi_state=svi_state, key_perm=key_perm, key_valid=key_valid, model=model,
+        guide=guide, elbo=elbo, train_data=train_data, valid_data=valid_data,
+        batch_size=run_batch_size, dynamic_binarization=bool(dynamic_binarization),
+        exploded=EXPLODED_NATS_PER_DIM * num_features, mesh=mesh, args=model_args,
+        kwargs=model_kwargs)
+    return drive(engine, config=config, num_epochs=settings["num_epochs"],
+                 warmup_epochs=settings["warmup_epochs"],
+                 early_stopping=settings["early_stopping"], learning_rate=lr,
+                 checkpoint_dir=checkpoint_dir, resume=settings["resume"],
+                 num_features=num_features, num_batches=engine.num_batches,
+                 has_valid=valid_data is not None, progress=progress, description=description,
+                 callbacks=settings["callbacks"])
 
 
 def _numpyro_version():

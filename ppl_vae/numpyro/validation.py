@@ -8,8 +8,9 @@ likelihood would surface as a NaN loss ("diverged") or a log-likelihood of ``-in
 :func:`check_model_on_data` traces the guide and the model (replayed on the guide) on the
 first two rows of the data, eagerly:
 
-- an exception there (a width that does not match D, a prior of the wrong size) becomes a
-  ``ValueError`` that names the data and its shape;
+- an exception there (a width that does not match D, a prior of the wrong size, a program
+  that takes other arguments) becomes a ``ValueError`` that says which program raised it on
+  which data, with the program's own exception as its cause (shown first in a traceback);
 - every observed site whose value is the data is checked against the support of its
   distribution, on **all** rows.
 """
@@ -20,6 +21,7 @@ from jax import random
 from numpyro import handlers
 from numpyro.distributions import constraints
 
+from ppl_vae._checks import raised_by as _raised_by
 from ppl_vae._checks import support_error
 
 __all__ = ["check_model_on_data", "support_kind"]
@@ -48,24 +50,20 @@ def check_model_on_data(model, guide, data, name, *args, params=None, **kwargs):
 
     :param data: ``(N, D)`` array, already validated by :func:`ppl_vae._checks.check_data`.
     :param str name: the argument's name for messages (``train_data``, ``data``, ...).
-    :param args: the model's other arguments (e.g. ``beta``).
+    :param args: the programs' other arguments.
     :param dict params: parameter values to substitute (None: the networks' initial ones).
     :raises ValueError: the pair cannot run on the data's shape, or the data lie outside a
         likelihood's support.
     """
     head = jnp.asarray(data[:2])
-    try:
-        with handlers.substitute(data=params or {}):
+    with handlers.substitute(data=params or {}):
+        with _raised_by("guide", name, data):
             guide_trace = handlers.trace(handlers.seed(guide, random.PRNGKey(0))).get_trace(
                 head, *args, **kwargs)
+        with _raised_by("model", name, data):
             model_trace = handlers.trace(handlers.replay(
                 handlers.seed(model, random.PRNGKey(1)), trace=guide_trace)).get_trace(
                 head, *args, **kwargs)
-    except (RuntimeError, ValueError, IndexError, TypeError) as e:
-        raise ValueError(
-            f"the model/guide could not run on {name} (shape {tuple(data.shape)}, D = "
-            f"{data.shape[-1]} values per example): {type(e).__name__}: {e}. Check that the "
-            "networks' widths match D and that the prior fits the latent size.") from None
     for site in model_trace.values():
         if site["type"] != "sample" or not site["is_observed"]:
             continue

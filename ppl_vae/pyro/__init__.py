@@ -3,6 +3,13 @@
 Mirror image of :mod:`ppl_vae.numpyro`: same module names, same public names.
 """
 
+from ppl_vae.errors import (
+    CheckpointError,
+    CheckpointMismatchError,
+    DistributedError,
+    TrainingDivergedError,
+    WarmupWarning,
+)
 from ppl_vae.pyro.ais import (
     AISResult,
     BDMCBounds,
@@ -16,6 +23,7 @@ from ppl_vae.pyro.evaluation import (
     importance_log_weights,
     log_weight_chunks,
 )
+from ppl_vae.pyro.handlers import latent_scale
 from ppl_vae.pyro.hvae import ConditionalGaussian, MultiInputDecoder, hvae_posterior_means
 from ppl_vae.pyro.likelihoods import DiscretizedLogistic, bernoulli, discretized_logistic
 from ppl_vae.pyro.nets import MLP, Decoder, Encoder, GatedDense
@@ -29,9 +37,9 @@ from ppl_vae.pyro.priors import (
 )
 from ppl_vae.pyro.training import (
     FitResult,
-    TrainingDivergedError,
     elbo_per_example,
     fit,
+    load_params,
     warmup_beta,
 )
 from ppl_vae.pyro.vamp_prior import VampPrior, vamp_prior
@@ -63,9 +71,15 @@ __all__ = [
     "BDMCResult",
     "fit",
     "FitResult",
-    "TrainingDivergedError",
     "elbo_per_example",
     "warmup_beta",
+    "latent_scale",
+    "load_params",
+    "TrainingDivergedError",
+    "DistributedError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "WarmupWarning",
     "ConditionalGaussian",
     "MultiInputDecoder",
     "hvae_posterior_means",

@@ -49,6 +49,8 @@ from torch.distributions import Independent, MultivariateNormal, Normal
 from torch.distributions.multivariate_normal import _batch_mv
 from torch.distributions.utils import _standard_normal
 
+from ppl_vae.errors import DistributedError
+
 __all__ = ["DistributedError", "initialize", "is_main_process", "num_shards", "shard_index",
            "shard_bounds", "shard_sampling", "gather_rows", "barrier", "all_reduce_sum", "broadcast_",
            "local_device", "DEFAULT_TIMEOUT"]
@@ -57,17 +59,6 @@ __all__ = ["DistributedError", "initialize", "is_main_process", "num_shards", "s
 DEFAULT_TIMEOUT = 600.0
 
 _ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-class DistributedError(RuntimeError):
-    """Another rank died or stopped answering (a collective failed or timed out).
-
-    ``.epoch`` and ``.step`` say where (1-based; ``.step`` None outside a step) and
-    ``.checkpoint`` is the last good ``last.npz`` (None without one)."""
-
-    def __init__(self, message, epoch=None, step=None, checkpoint=None):
-        super().__init__(message)
-        self.epoch, self.step, self.checkpoint = epoch, step, checkpoint
 
 
 def local_device(device=None):

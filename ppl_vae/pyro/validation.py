@@ -8,8 +8,9 @@ first two rows of the data, with Pyro's distribution validation off so that our 
 not torch's, explains a problem, and on forked random generators so that it changes nothing
 the caller draws next:
 
-- an exception there (a width that does not match D, a prior of the wrong size) becomes a
-  ``ValueError`` that names the data and its shape;
+- an exception there (a width that does not match D, a prior of the wrong size, a program
+  that takes other arguments) becomes a ``ValueError`` that says which program raised it on
+  which data, with the program's own exception as its cause (shown first in a traceback);
 - every observed site whose value is the data is checked against the support of its
   distribution, on **all** rows: binary data for a Bernoulli likelihood, [0, 1] for the
   discretised logistic. Non-binary data under a Bernoulli likelihood is an input error,
@@ -21,6 +22,7 @@ import torch
 from pyro import poutine
 from torch.distributions import constraints
 
+from ppl_vae._checks import raised_by as _raised_by
 from ppl_vae._checks import support_error
 
 __all__ = ["check_model_on_data", "support_kind"]
@@ -54,23 +56,19 @@ def check_model_on_data(model, guide, data, name, *args, **kwargs):
 
     :param data: ``(N, D)`` tensor, already validated by :func:`ppl_vae._checks.check_data`.
     :param str name: the argument's name for messages (``train_data``, ``data``, ...).
-    :param args: the model's other arguments (e.g. ``beta``).
+    :param args: the programs' other arguments.
     :raises ValueError: the pair cannot run on the data's shape, or the data lie outside a
         likelihood's support.
     """
     head = data[:2]
     forked = [data.device] if data.is_cuda else []
-    try:
-        # forked generators: the check draws nothing from the caller's random streams
-        with pyro.validation_enabled(False), torch.no_grad(), torch.random.fork_rng(forked):
+    # forked generators: the check draws nothing from the caller's random streams
+    with pyro.validation_enabled(False), torch.no_grad(), torch.random.fork_rng(forked):
+        with _raised_by("guide", name, data):
             guide_trace = poutine.trace(guide).get_trace(head, *args, **kwargs)
+        with _raised_by("model", name, data):
             model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
                 head, *args, **kwargs)
-    except (RuntimeError, ValueError, IndexError, TypeError) as e:
-        raise ValueError(
-            f"the model/guide could not run on {name} (shape {tuple(data.shape)}, D = "
-            f"{data.shape[-1]} values per example): {type(e).__name__}: {e}. Check that the "
-            "networks' widths match D and that the prior fits the latent size.") from None
     for site in model_trace.nodes.values():
         if site["type"] != "sample" or not site["is_observed"]:
             continue
