@@ -131,30 +131,16 @@ def speed(args):
 
 
 def _trained_numpyro(path):
-    """Model, guide and parameters of a ``best.npz`` of the example's NumPyro VAE."""
-    from jax import random
+    """Model, guide and parameters of a ``best.npz`` of the example's NumPyro VAE, rebuilt
+    from the checkpoint's own configuration (:func:`ppl_vae.experiment.load_run`)."""
+    from ppl_vae.experiment import load_run
 
-    import ppl_vae.numpyro as pv
-    from ppl_vae.checkpoint import load_checkpoint
-    from ppl_vae.guides.vae_numpyro import vae_guide
-    from ppl_vae.models.vae_numpyro import vae_model
-    from ppl_vae.numpyro.training import load_params
-
-    _, meta = load_checkpoint(path, backend="numpyro")
-    c = meta["config"]
-    if c.get("model", "vae") != "vae" or c.get("likelihood", "bernoulli") != "bernoulli":
-        raise SystemExit("--checkpoint: a one-layer Bernoulli VAE of examples/vamp_mnist.py")
-    D, L, H = c["num_features"], c["latent_dim"], tuple(c["hidden"])
-    k = random.split(random.PRNGKey(0), 3)
-    enc = pv.Encoder(D, L, H, c["gated"], rng_key=k[0])
-    dec = pv.Decoder(L, D, H, c["gated"], rng_key=k[1])
-    prior = {"standard": lambda: pv.StandardNormalPrior(L),
-             "vamp": lambda: pv.LearnedVampPrior(enc, c["num_pseudo"], D, rng_key=k[2])}[
-        c["prior"]]()
-    model, guide = partial(vae_model, decoder=dec, prior=prior), partial(vae_guide, encoder=enc)
-    x, _ = load_images(2)
-    params, _ = load_params(path, model, guide, x)
-    return model, guide, params, c
+    run = load_run(path)
+    c = run.config
+    if c.backend != "numpyro" or c.model != "vae" or c.likelihood != "bernoulli":
+        raise SystemExit("--checkpoint: a one-layer Bernoulli VAE of examples/vamp_mnist.py "
+                         "--backend numpyro")
+    return run.model, run.guide, run.params, run.meta["config"]
 
 
 def trained(args):

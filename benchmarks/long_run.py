@@ -48,7 +48,6 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -278,7 +277,6 @@ def main(argv=None):
         # Before JAX is imported (only run_numpyro imports it).
         os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false "
                               f"intra_op_parallelism_threads={args.threads}")
-    sys.path.insert(0, str(ROOT))
     import torch
 
     if args.threads:

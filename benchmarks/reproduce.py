@@ -1,7 +1,8 @@
 """Reproduce the seed report's Table 1 (static MNIST) at a budget that fits a CPU session.
 
-Trains the standard, VampPrior, VampPrior-data and MoG VAEs with ``examples/vamp_mnist.py``
-(same code path as users run), then writes to ``--out``:
+Trains the standard, VampPrior, VampPrior-data and MoG VAEs with the experiment that
+``examples/vamp_mnist.py`` runs (:mod:`ppl_vae.experiment`, through the same flags), then
+writes to ``--out``:
 
 - ``table.md``: test log-likelihood per prior beside the paper and the seed report;
 - ``loglik_histograms.png``: per-image test log-likelihood histograms (the report's Figure 6);
@@ -20,22 +21,21 @@ whole test set)::
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
+from ppl_vae import cli
 
-import vamp_mnist  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PAPER = {"standard": -88.56, "vamp": -85.57, "vamp-data": None, "mog": None}
 SEED_REPORT = {"standard": -93.08, "vamp": -88.72, "vamp-data": -90.85, "mog": None}
 
 
 def run(flags):
-    return vamp_mnist.main(flags)
+    """The records of one run of the experiment with these command-line flags."""
+    return cli.run(cli.parse_config(flags)).records
 
 
 def main(argv=None):

@@ -8,7 +8,8 @@ import math
 
 import numpy as np
 
-__all__ = ["image_grid", "save_image_grid", "save_elbo_curves", "save_latent_figure"]
+__all__ = ["image_grid", "save_image_grid", "save_elbo_curves", "save_latent_figure",
+           "save_is_vs_ais"]
 
 
 def _pyplot():
@@ -112,4 +113,33 @@ def save_latent_figure(path, codes, clusters, labels=None, prior_locs=None, clus
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_is_vs_ais(path, log_px, ais_log_px, khat, title):
+    """Per test image, the AIS estimate of log p(x) against the importance-sampling one,
+    coloured by the Pareto k-hat of the IS weights (left), and their difference against k-hat
+    (right; above 0: AIS found probability mass that IS missed)."""
+    plt = _pyplot()
+    log_px, ais_log_px, khat = (np.asarray(a, dtype=np.float64)
+                                for a in (log_px, ais_log_px, khat))
+    gap = ais_log_px - log_px
+    finite = np.isfinite(khat)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    points = left.scatter(log_px, ais_log_px, c=np.where(finite, khat, np.nan), s=10,
+                          cmap="viridis", vmin=0.0, vmax=max(1.0, np.nanmax(khat[finite]))
+                          if finite.any() else 1.0)
+    low, high = np.min([log_px, ais_log_px]), np.max([log_px, ais_log_px])
+    left.plot([low, high], [low, high], color="k", lw=0.8, label="AIS = IS")
+    left.set(xlabel="log p(x), importance sampling", ylabel="log p(x), AIS")
+    left.legend(loc="upper left")
+    fig.colorbar(points, ax=left, label="k-hat of the IS weights")
+    right.scatter(khat, gap, s=10, color="tab:blue")
+    right.axhline(0.0, color="k", lw=0.8)
+    right.axvline(0.7, color="tab:red", lw=0.8, ls="--", label="k-hat = 0.7")
+    right.set(xlabel="k-hat of the IS weights", ylabel="AIS - IS (nats)")
+    right.legend(loc="upper left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)

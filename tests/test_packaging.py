@@ -38,6 +38,13 @@ def test_no_folder_shadows_a_backend_outside_the_package():
     assert not folders & {"pyro", "numpyro", "torch", "jax"}
 
 
+# Modules one backend needs and the other has no use for: subnormal floats slowed the Pyro
+# backend's training on a CPU (ppl_vae/pyro/_numerics.py); the NumPyro backend measured no
+# such slow-down (README, "Long runs": its epoch 100 took 0.90x its first epochs).
+BACKEND_ONLY = {"pyro": {"_numerics.py"}, "numpyro": set()}
+
+
 def test_backends_hold_the_same_modules():
-    names = {b: {p.name for p in (REPO / "ppl_vae" / b).glob("*.py")} for b in ("pyro", "numpyro")}
+    names = {b: {p.name for p in (REPO / "ppl_vae" / b).glob("*.py")} - BACKEND_ONLY[b]
+             for b in ("pyro", "numpyro")}
     assert names["pyro"] == names["numpyro"]

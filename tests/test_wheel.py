@@ -1,8 +1,9 @@
-"""The wheel carries the model/guide programs: built from a copy of the project, installed
-into a fresh virtual environment, the README's "your own Pyro model" snippet runs from a
-directory outside the repository, and nothing lands as a bare top-level ``models`` or
-``guides`` package."""
+"""The wheel carries the model/guide programs and the experiment: built from a copy of the
+project, installed into a fresh virtual environment, the README's "your own Pyro model"
+snippet and ``python -m ppl_vae`` run from a directory outside the repository, and nothing
+lands as a bare top-level ``models`` or ``guides`` package."""
 
+import json
 import re
 import shutil
 import subprocess
@@ -57,8 +58,10 @@ def test_wheel_installs_models_and_guides_under_the_package(wheel):
         assert f"ppl_vae/{module}" in names
 
 
-def test_readme_snippet_runs_from_a_fresh_venv_outside_the_repository(wheel, tmp_path):
-    env_dir = tmp_path / "venv"
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory):
+    """A fresh virtual environment with the wheel installed: ``(python, site-packages)``."""
+    env_dir = tmp_path_factory.mktemp("venv")
     venv.create(env_dir, with_pip=False)
     python = env_dir / "bin" / "python"
     site = Path(subprocess.run(
@@ -70,6 +73,32 @@ def test_readme_snippet_runs_from_a_fresh_venv_outside_the_repository(wheel, tmp
     (site / "zz_test_dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install",
                     "--no-deps", "--no-index", "--quiet", str(wheel)], check=True)
+    return python, site
+
+
+def test_python_m_ppl_vae_runs_the_experiment_without_the_repository(installed, tmp_path):
+    """The installed package runs the example's program: same flags, same outputs."""
+    python, site = installed
+    out = tmp_path / "run"
+    run = subprocess.run(
+        [python, "-m", "ppl_vae", "--prior", "vamp", "--epochs", "1", "--max-train", "200",
+         "--max-test", "10", "--eval-samples", "30", "--num-pseudo", "10", "--hidden", "32",
+         "--warmup", "1", "--no-progress", "--out", str(out)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "| vamp |" in run.stdout
+    (record,) = json.loads((out / "metrics.json").read_text())
+    assert record["status"] == "ok" and record["environment"]["versions"]["ppl_vae"]
+    for name in ("inference_data.nc", "elbo_curves.png", "samples_vamp.png",
+                 "checkpoints/vamp/best.npz"):
+        assert (out / name).exists(), name
+    check = subprocess.run([python, "-c", "import ppl_vae.cli; print(ppl_vae.cli.__file__)"],
+                           cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert check.stdout.startswith(str(site))
+
+
+def test_readme_snippet_runs_from_a_fresh_venv_outside_the_repository(installed, tmp_path):
+    python, site = installed
     prelude = textwrap.dedent("""
         import importlib.util, torch
         torch.manual_seed(0)
