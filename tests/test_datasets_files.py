@@ -138,3 +138,35 @@ def test_registry_checksums_match_the_canonical_files(name, folder):
     (source,) = DATASETS[name].files
     path = _folder(folder) / source.name
     assert hashlib.sha256(path.read_bytes()).hexdigest() == source.sha256
+
+
+def _static_mnist_npz():
+    path = SHARED / "static_mnist.npz"
+    if not path.is_file():
+        pytest.skip(f"{path} not present (only the development checkout has ../shared)")
+    return path
+
+
+def test_static_mnist_file_checksums_are_those_of_its_content():
+    """The registry's sha256 of the three .amat files (tensorflow_datasets' record) are those of
+    the files that hold the content of STATIC_MNIST_SHA256, written as the canonical files are:
+    one image per line, the 784 digits joined by single spaces."""
+    spec = DATASETS["static-mnist"]
+    with np.load(_static_mnist_npz()) as npz:
+        for source, split in zip(spec.files, ("train", "valid", "test")):
+            pixels = npz[split]
+            text = np.full((len(pixels), 2 * 784), ord(" "), dtype=np.uint8)
+            text[:, 0::2] = pixels + ord("0")
+            text[:, -1] = ord("\n")
+            assert source.name == f"binarized_mnist_{split}.amat"
+            assert hashlib.sha256(text.tobytes()).hexdigest() == source.sha256, split
+
+
+def test_truncated_static_mnist_gets_our_message(tmp_path):
+    (tmp_path / "static_mnist.npz").write_bytes(_static_mnist_npz().read_bytes()[:1_000_000])
+    with pytest.raises(ValueError) as info:
+        load_dataset("static-mnist", tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'static_mnist.npz'} is not a NumPy .npz archive (a truncated or damaged zip archive")
+    assert "download_static_mnist(" in message and "force=True" in message
+    assert "allow_pickle" not in message and "If you trust" not in message
