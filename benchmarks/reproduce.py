@@ -92,13 +92,14 @@ def main(argv=None):
     import matplotlib
 
     matplotlib.use("Agg")
-    import arviz as az
     import matplotlib.pyplot as plt
 
-    idata = az.from_netcdf(out / "table1" / "inference_data.nc")
+    from ppl_vae import diagnostics
+
+    runs = diagnostics.load(out / "table1")  # {prior: its held-out evaluation}
     fig, ax = plt.subplots(figsize=(7, 4))
-    for prior in idata.log_likelihood.x.coords["prior"].values:
-        ll = idata.log_likelihood.x.sel(prior=prior).values.ravel()
+    for prior, idata in runs.items():
+        ll = diagnostics.group(idata, "importance")["log_likelihood"].values
         ax.hist(ll, bins=60, histtype="step", label=f"{prior} (mean {ll.mean():.1f})")
     ax.set(xlabel="test log-likelihood per image (nats)", ylabel="images",
            title="Per-image test log-likelihood (cf. seed report, Figure 6)")

@@ -69,7 +69,9 @@ __all__ = ["ExperimentConfig", "Report", "TrainedRun", "run", "prepare", "load_r
 
 #: the priors a run can train, each a separate model
 PRIORS = ("standard", "mog", "vamp", "vamp-data")
-MODELS = ("vae", "hvae")
+MODELS = ("vae", "hvae", "convhvae", "pixelhvae")
+#: the models with convolutional networks: they need the images' (H, W), ``image_shape``
+CONV_MODELS = ("convhvae", "pixelhvae")
 ELBOS = ("trace", "meanfield", "iwae")
 #: the paper's recipe (Tomczak & Welling 2018): up to 2000 epochs, KL warm-up over 100,
 #: early stopping after 50 epochs without validation improvement, 5000 importance samples
@@ -91,13 +93,17 @@ class ExperimentConfig:
 
     :ivar str backend: ``"pyro"`` or ``"numpyro"``.
     :ivar str model: ``"vae"`` (one stochastic layer) or ``"hvae"`` (two: q(z2|x) q(z1|x,z2),
-        the prior on z2, p(z1|z2) learned), ``latent_dim`` units per layer.
+        the prior on z2, p(z1|z2) learned), ``latent_dim`` units per layer; ``"convhvae"`` and
+        ``"pixelhvae"``: the HVAE with the paper's convolutional encoders and a gated
+        convolutional or a PixelCNN decoder (:mod:`ppl_vae.pyro.conv`; ``hidden`` sets their
+        dense layers' widths, the convolutions are the reference's).
     :ivar tuple prior: one or more of :data:`PRIORS`, each trained as a separate model.
     :ivar str dataset: a name of :data:`ppl_vae.data.DATASET_NAMES`.
     :ivar data_dir: the dataset's canonical files (or their parent); None: the download cache.
     :ivar bool download: fetch missing files (checksummed) into ``data_dir``.
     :ivar data_path: ``dataset="npz"``: your ``.npz`` of ``train``, ``valid``, ``test``.
-    :ivar image_shape: ``dataset="npz"``: ``(H, W)``.
+    :ivar image_shape: ``dataset="npz"``: ``(H, W)``. The convolutional models record the
+        dataset's here (:func:`load_data` fills it in), so their checkpoints rebuild them.
     :ivar binarize: ``"static"``, ``"dynamic"`` or ``"none"``.
     :ivar pseudo_init: ``(mean, std)`` of the pseudo-inputs' initialisation.
     :ivar int epochs: the most epochs; ``warmup`` KL warm-up epochs (0: none);
@@ -271,6 +277,8 @@ def load_data(config):
     config = dataclasses.replace(
         config, likelihood=config.likelihood or dataset.likelihood,
         pseudo_init=tuple(config.pseudo_init or dataset.pseudo_init))
+    if config.model in CONV_MODELS:  # the networks' image shape, kept in the checkpoint
+        config = dataclasses.replace(config, image_shape=tuple(dataset.image_shape))
     if config.likelihood == "bernoulli" and dataset.input_type != "binary":
         raise ConfigError(
             Setting("likelihood"), " bernoulli needs binary images, and "
@@ -422,14 +430,14 @@ class Experiment:
             from ppl_vae import diagnostics
 
             self.idata[prior_name] = diagnostics.vae_inference_data(
-                log_px, khat, history,
+                log_px, khat, history, num_samples=c.eval_samples,
                 attrs=dict(prior=prior_name, model=c.model, backend=c.backend,
                            dataset=c.dataset, likelihood=c.likelihood,
                            eval_samples=c.eval_samples))
             if ais is not None:
                 diagnostics.add_ais(self.idata[prior_name], ais, dict(
-                    num_steps=c.ais_steps, num_chains=c.ais_chains,
-                    num_leapfrog=c.ais_leapfrog, start="guide", schedule="sigmoid"))
+                    num_steps=c.ais_steps, num_leapfrog=c.ais_leapfrog, start="guide",
+                    schedule="sigmoid"))
         return record
 
     def _train_and_evaluate(self, prior_name):

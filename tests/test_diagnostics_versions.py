@@ -109,6 +109,43 @@ def test_compare_has_the_same_table_in_every_version():
     assert table["weight"].sum() == pytest.approx(1.0)
 
 
+def held_out_runs():
+    """Two priors' per-image test log p(x) on 50 images (normal quantiles, shuffled) and
+    their k-hats, as held-out evaluations with S = 2000 importance samples."""
+    u = (np.arange(50) + 0.5) / 50
+    base = -90.0 + 5.0 * stats.norm.ppf(u)[np.random.RandomState(4).permutation(50)]
+    gain = 0.5 + 2.5 * stats.norm.ppf(u)[np.random.RandomState(5).permutation(50)]
+    log_px = {"standard": base, "vamp": base + gain}
+    khat = {"standard": np.linspace(0.3, 0.9, 50), "vamp": np.linspace(0.2, 0.6, 50)}
+    return log_px, {name: diagnostics.vae_inference_data(log_px[name], khat[name],
+                                                         num_samples=2000)
+                    for name in log_px}
+
+
+def test_held_out_compare_has_the_same_table_in_every_version(tmp_path):
+    log_px, runs = held_out_runs()
+    back = diagnostics.load(diagnostics.save_runs(runs, tmp_path))
+    table = diagnostics.compare(back)
+    assert list(table.index) == ["vamp", "standard"]
+    diff = log_px["vamp"] - log_px["standard"]
+    # closed forms: totals, sqrt(N) sd (N - 1) for se, ArviZ's sqrt(N var) (N) for dse
+    assert table.loc["standard", "elpd_diff"] == pytest.approx(diff.sum(), rel=1e-12)
+    assert table.loc["standard", "dse"] == pytest.approx(np.sqrt(50 * np.var(diff)), rel=1e-12)
+    for name, x in log_px.items():
+        assert table.loc[name, "elpd_loo"] == pytest.approx(x.sum(), rel=1e-12)
+        assert table.loc[name, "se"] == pytest.approx(np.sqrt(50) * np.std(x, ddof=1),
+                                                      rel=1e-12)
+    # k-hat threshold min(1 - 1/log10(2000), 0.7) = 0.697: standard's top k-hats exceed it
+    assert table["warning"].tolist() == [False, True]
+    reference = REFERENCE["held_out"]
+    for column in ("elpd_loo", "se", "elpd_diff", "dse"):
+        np.testing.assert_allclose(table[column], reference[column], rtol=1e-12)
+    # the stacking optimum, up to the optimiser's tolerance across SciPy versions
+    np.testing.assert_allclose(table["weight"], reference["weight"], atol=1e-4)
+    printed = str(diagnostics.elpd(back["vamp"]))
+    assert printed.startswith("Held-out elpd of 50 test examples (2000 importance samples")
+
+
 def test_netcdf_round_trip_keeps_values_and_attrs(tmp_path):
     data, _ = normal_model_fit(1.0)
     path = diagnostics.save(data, tmp_path / "fit.nc")

@@ -54,14 +54,19 @@ def test_vamp_mnist(tmp_path, backend):
         assert -1 <= r["latent_gmm_ari"] <= 1 and 1 <= r["latent_gmm_components"] <= 5
     from ppl_vae import diagnostics
 
-    idata = diagnostics.load(tmp_path / "inference_data.nc")
-    assert {"log_likelihood", "importance", "training"} <= set(diagnostics.group_names(idata))
-    x = diagnostics.group(idata, "log_likelihood")["x"]
-    assert list(x.coords["prior"].values) == ["standard", "mog", "vamp", "vamp-data"]
-    assert x.shape == (4, 1, 1, 20)
-    assert diagnostics.group(idata, "training")["train_loss"].shape == (4, 2)
-    ll = x.values[:, 0, 0, :].mean(-1)
-    assert [round(v, 6) for v in ll] == [round(r["test_log_likelihood"], 6) for r in records]
+    runs = diagnostics.load(tmp_path)  # the folder's inference_data.nc: one model per prior
+    assert list(runs) == ["standard", "mog", "vamp", "vamp-data"]
+    for r in records:
+        idata = runs[r["prior"]]
+        assert {"importance", "training"} <= set(diagnostics.group_names(idata))
+        ll = diagnostics.group(idata, "importance")["log_likelihood"]
+        assert ll.shape == (20,)
+        assert round(float(ll.mean()), 6) == round(r["test_log_likelihood"], 6)
+        assert diagnostics.group(idata, "training")["train_loss"].shape == (2,)
+    table = diagnostics.compare(runs)  # the priors ranked by held-out log-likelihood
+    assert sorted(table.index) == sorted(runs)
+    best = max(records, key=lambda r: r["test_log_likelihood"])["prior"]
+    assert table.index[0] == best
     for name in ["elbo_curves.png", "samples_vamp.png", "reconstructions_standard.png",
                  "pseudo_inputs_vamp.png", "pseudo_inputs_vamp-data.png", "latent_gmm_vamp.png"]:
         assert (tmp_path / name).stat().st_size > 1000, name

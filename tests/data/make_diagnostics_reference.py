@@ -23,6 +23,8 @@ right, _ = t.normal_model_fit(1.0)
 wrong, _ = t.normal_model_fit(2.0)
 loo = diagnostics.loo(right)
 table = diagnostics.compare({"right": right, "wrong": wrong})
+_, held_out = t.held_out_runs()
+held_out_table = diagnostics.compare(held_out)
 reference = {
     "arviz": arviz.__version__,
     "khat": {str(k): float(diagnostics.psis_khat(t.pareto_log_weights(k)[None])[0])
@@ -30,6 +32,9 @@ reference = {
     "loo": {key: loo[key] for key in ("elpd_loo", "se", "p_loo")},
     "compare": {"elpd_diff": float(table.loc["wrong", "elpd_diff"]),
                 "dse": float(table.loc["wrong", "dse"])},
+    # rows best first (vamp, standard)
+    "held_out": {column: [float(v) for v in held_out_table[column]]
+                 for column in ("elpd_loo", "se", "elpd_diff", "dse", "weight")},
 }
 (HERE / "diagnostics_reference.json").write_text(json.dumps(reference, indent=2) + "\n")
 print(json.dumps(reference, indent=2))
