@@ -1,6 +1,6 @@
 """Kate's wine bottles: Gaussian mixtures by EM and by variational EM on the UCI wine data.
 
-Run (offline, a few seconds on a 2-core CPU; the data ships with scikit-learn):
+Run (offline, about half a minute on a 2-core CPU; the data ships with scikit-learn):
 
     python examples/gmm_wine.py
     python examples/gmm_wine.py --out out/gmm_wine --seed 0 --max-components 6
@@ -8,23 +8,27 @@ Run (offline, a few seconds on a 2-core CPU; the data ships with scikit-learn):
 The story (seed 001): a restaurant owner suspects her supplier mixes grape cultivars. She
 measures malic acid and total phenols for 178 bottles and fits Gaussian mixtures:
 
-1. EM (maximum likelihood) for K = 1..max, with AIC and BIC;
-2. variational EM (Bishop's Bayesian GMM) for the same K, with the *full* ELBO, which, unlike
-   scikit-learn's lower bound, can be compared across K;
-3. the E-step for K = 2: each bottle's responsibility p(component | bottle);
-4. "this bottle is 0.6 cultivar A -- how sure?": 90% credible intervals of the membership
-   probabilities from posterior draws, for a few bottles;
-5. the adjusted Rand index of each clustering against the true cultivar labels (3 cultivars);
-6. ArviZ diagnostics (``ppl_vae.diagnostics``): each variational posterior as InferenceData,
-   PSIS-LOO compared across K (``az.compare``) next to AIC, BIC and the full ELBO, the
-   pointwise LOO k-hats and the k-hat of the variational posterior itself (Yao et al. 2018).
+1. EM (maximum likelihood) for K = 1..max and the four covariance types (full, tied,
+   diag, spherical), with AIC and BIC;
+2. variational EM (Bishop's Bayesian GMM) for the same K and types, with the *full* ELBO,
+   which, unlike scikit-learn's lower bound, can be compared across K and across types;
+3. ArviZ (``ppl_vae.diagnostics``): each variational posterior as InferenceData, PSIS-LOO
+   compared across K and type (``az.compare``) next to BIC and the full ELBO, the pointwise
+   LOO k-hats and the k-hat of the variational posterior itself (Yao et al. 2018);
+4. the fitted ellipses of the four types side by side, each at the K its full ELBO picks;
+5. the E-step for the two-cultivar hypothesis (full covariances, K = 2): each bottle's
+   responsibility p(component | bottle), and "this bottle is 0.6 cultivar A -- how sure?":
+   90% credible intervals of the membership probabilities from posterior draws;
+6. the adjusted Rand index of each clustering against the true cultivar labels (3 cultivars).
 
-It prints tables and writes to ``--out``: ``metrics.json``, ``model_selection.png``
-(AIC/BIC and ELBO against K), ``contours.png`` (K = 2 components over the bottles),
-``responsibilities.png`` (the E-step), ``membership_intervals.png``,
-``inference_data.nc`` (groups posterior, log_likelihood, sample_stats, observed_data for
-the K chosen by LOO), ``loo_compare.png`` (``az.plot_compare``) and ``forest.png``
-(``az.plot_forest`` of that K's weights and means).
+It prints tables and writes to ``--out``: ``metrics.json``, ``model_selection.png`` (BIC
+and full ELBO against K, one line per type), ``covariance_types.png`` (the four types'
+ellipses), ``contours.png`` (K = 2, EM beside variational EM), ``responsibilities.png``,
+``membership_intervals.png``, ``loo_compare.png`` (``az.plot_compare`` of the types, each at
+its best K by LOO),
+``forest.png`` (``az.plot_forest`` of the chosen full-covariance fit) and
+``inference_data.nc`` (its InferenceData: posterior, log_likelihood, sample_stats,
+observed_data).
 """
 
 import argparse
@@ -48,8 +52,9 @@ DEFAULTS = dict(
     out="out/gmm_wine",
     seed=0,
     max_components=6,  # K = 1..max_components
+    covariance_types=["full", "tied", "diag", "spherical"],
     story_components=2,  # the seed's two-cultivar hypothesis
-    n_init=5,  # EM restarts (k-means starts), the best likelihood is kept
+    n_init=5,  # restarts (k-means starts), the best bound is kept
     prior_type="dirichlet_distribution",  # a plain Dirichlet: the ELBO compares K fairly
     num_posterior_samples=2000,  # draws for the membership intervals, LOO and k-hats
     credible_mass=0.9,
@@ -68,7 +73,10 @@ def parse_args(argv=None):
                    help="random_state of every fit and of the posterior draws")
     p.add_argument("--max-components", type=int, default=DEFAULTS["max_components"],
                    help="fit K = 1..this (default %(default)s)")
-    p.add_argument("--n-init", type=int, default=DEFAULTS["n_init"], help="EM restarts")
+    p.add_argument("--covariance-types", nargs="+", default=DEFAULTS["covariance_types"],
+                   choices=DEFAULTS["covariance_types"],
+                   help="covariance types to fit (default: all four; full is always fitted)")
+    p.add_argument("--n-init", type=int, default=DEFAULTS["n_init"], help="restarts")
     p.add_argument("--prior-type", default=DEFAULTS["prior_type"],
                    choices=["dirichlet_distribution", "dirichlet_process"],
                    help="weight prior of the Bayesian mixture")
@@ -83,7 +91,18 @@ def parse_args(argv=None):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be a positive integer; "
                     f"got {getattr(args, name)}")
+    # the story (sections 5-6) uses the full-covariance fits
+    args.covariance_types = ["full"] + [t for t in dict.fromkeys(args.covariance_types)
+                                        if t != "full"]
     return args
+
+
+def full_covariances(model):
+    """``covariances_`` of any type as (K, D, D) matrices."""
+    cov, (k, d) = model.covariances_, model.means_.shape
+    return {"full": lambda: cov, "tied": lambda: np.broadcast_to(cov, (k, d, d)),
+            "diag": lambda: cov[:, :, None] * np.eye(d),
+            "spherical": lambda: cov[:, None, None] * np.eye(d)}[model.covariance_type]()
 
 
 def plot_contours(ax, model, X, cultivar, title):
@@ -92,9 +111,12 @@ def plot_contours(ax, model, X, cultivar, title):
     grid_x, grid_y = np.meshgrid(np.linspace(X[:, 0].min() - 0.5, X[:, 0].max() + 0.5, 200),
                                  np.linspace(X[:, 1].min() - 0.5, X[:, 1].max() + 0.5, 200))
     grid = np.column_stack([grid_x.ravel(), grid_y.ravel()])  # (G, 2)
+    covariances = full_covariances(model)  # (K, 2, 2)
     for k in range(model.n_components):
+        if model.weights_[k] < 0.01:  # an emptied component of the Bayesian fit
+            continue
         diff = grid - model.means_[k]
-        maha = np.einsum("gi,ij,gj->g", diff, np.linalg.inv(model.covariances_[k]), diff)
+        maha = np.einsum("gi,ij,gj->g", diff, np.linalg.inv(covariances[k]), diff)
         ax.contour(grid_x, grid_y, np.sqrt(maha).reshape(grid_x.shape), levels=[1.0, 2.0],
                    colors=f"C{k + 1}", linewidths=1.0)
         ax.annotate(f"{k} ({model.weights_[k]:.2f})", model.means_[k], color=f"C{k + 1}",
@@ -114,84 +136,113 @@ def main(argv=None):
     print(f"wine: {X.shape[0]} bottles, features {FEATURES}, {len(np.unique(cultivar))} "
           "cultivars")
 
-    # 1-2. EM and variational EM for each K ------------------------------------------------
+    # 1-2. EM and variational EM for each covariance type and K ------------------------------
+    ks = list(range(1, args.max_components + 1))
     rows, em_models, vb_models = [], {}, {}
-    for k in range(1, args.max_components + 1):
-        em = GaussianMixture(k, n_init=args.n_init, max_iter=500, random_state=args.seed).fit(X)
-        vb = BayesianGaussianMixture(n_components=k, n_init=args.n_init, max_iter=2000,
-                                     tol=1e-6, random_state=args.seed,
-                                     weight_concentration_prior_type=args.prior_type).fit(X)
-        em_models[k], vb_models[k] = em, vb
-        rows.append({
-            "K": k,
-            "log_likelihood": float(em.score(X) * X.shape[0]),
-            "aic": float(em.aic(X)),
-            "bic": float(em.bic(X)),
-            "elbo": float(vb.lower_bound_),
-            "vb_effective_components": int(np.sum(vb.weights_ > 0.02)),
-            "ari_em": float(adjusted_rand_score(cultivar, em.predict(X))),
-            "ari_vb": float(adjusted_rand_score(cultivar, vb.predict(X))),
-            "em_iterations": int(em.n_iter_),
-            "vb_iterations": int(vb.n_iter_),
-        })
-    best = {"aic": min(rows, key=lambda r: r["aic"])["K"],
-            "bic": min(rows, key=lambda r: r["bic"])["K"],
-            "elbo": max(rows, key=lambda r: r["elbo"])["K"]}
+    for cov_type in args.covariance_types:
+        for k in ks:
+            em = GaussianMixture(k, covariance_type=cov_type, n_init=args.n_init,
+                                 max_iter=500, random_state=args.seed).fit(X)
+            vb = BayesianGaussianMixture(n_components=k, covariance_type=cov_type,
+                                         n_init=args.n_init, max_iter=2000, tol=1e-6,
+                                         random_state=args.seed,
+                                         weight_concentration_prior_type=args.prior_type).fit(X)
+            em_models[cov_type, k], vb_models[cov_type, k] = em, vb
+            rows.append({
+                "covariance_type": cov_type, "K": k,
+                "log_likelihood": float(em.score(X) * X.shape[0]),
+                "aic": float(em.aic(X)), "bic": float(em.bic(X)),
+                "elbo": float(vb.lower_bound_),
+                "vb_effective_components": int(np.sum(vb.weights_ > 0.02)),
+                "ari_em": float(adjusted_rand_score(cultivar, em.predict(X))),
+                "ari_vb": float(adjusted_rand_score(cultivar, vb.predict(X))),
+                "em_iterations": int(em.n_iter_), "vb_iterations": int(vb.n_iter_),
+            })
+    full_rows = [r for r in rows if r["covariance_type"] == "full"]
 
-    print("\n| K | log-lik | AIC | BIC | full ELBO | ARI (EM) | ARI (VB) |")
+    print("\nFull covariances:")
+    print("| K | log-lik | AIC | BIC | full ELBO | ARI (EM) | ARI (VB) |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows:
+    for r in full_rows:
         print(f"| {r['K']} | {r['log_likelihood']:.1f} | {r['aic']:.1f} | {r['bic']:.1f} | "
               f"{r['elbo']:.1f} | {r['ari_em']:.3f} | {r['ari_vb']:.3f} |")
-    print(f"\nbest K: AIC {best['aic']}, BIC {best['bic']}, ELBO {best['elbo']}")
 
-    # 6. ArviZ: PSIS-LOO across K, pointwise and variational k-hats -------------------------
+    # 3. ArviZ: PSIS-LOO across K and type, pointwise and variational k-hats ------------------
     idatas = {}
     for r in rows:
-        k = r["K"]
-        idatas[k] = diagnostics.gmm_inference_data(
-            vb_models[k], X, num_samples=args.num_posterior_samples, random_state=args.seed,
+        name = f"{r['covariance_type']} K={r['K']}"
+        vb = vb_models[r["covariance_type"], r["K"]]
+        idatas[name] = diagnostics.gmm_inference_data(
+            vb, X, num_samples=args.num_posterior_samples, random_state=args.seed,
             feature_names=FEATURES)
-        loo = diagnostics.loo(idatas[k])
+        loo = diagnostics.loo(idatas[name])
         r["loo_max_khat"] = float(np.max(loo["pareto_k"]))  # over the 178 bottles
         # independent draws for q's own k-hat, so it is not tied to the LOO draws
         r["variational_khat"] = diagnostics.variational_khat(
-            vb_models[k], X, num_samples=args.num_posterior_samples,
-            random_state=args.seed + 1)
-    table = diagnostics.compare(idatas)  # best first, indexed by K
+            vb, X, num_samples=args.num_posterior_samples, random_state=args.seed + 1)
+    table = diagnostics.compare(idatas)  # best first, indexed by name
     for r in rows:
-        c = table.loc[r["K"]]
+        c = table.loc[f"{r['covariance_type']} K={r['K']}"]
         r.update(elpd_loo=float(c["elpd_loo"]), loo_se=float(c["se"]),
                  p_loo=float(c["p_loo"]), elpd_diff=float(c["elpd_diff"]),
                  loo_dse=float(c["dse"]), loo_rank=int(c["rank"]))
-    best["loo"] = int(table.index[0])
-    # LOO differences within ~2 standard errors are noise: take the smallest such K
-    best["loo_parsimony"] = min(r["K"] for r in rows if r["elpd_diff"] <= 2 * r["loo_dse"])
-    k_chosen = best["loo_parsimony"]
 
-    print("\nPSIS-LOO (az.compare, best first) next to AIC, BIC and the full ELBO:")
+    print("\nThe four covariance types side by side: BIC (EM), full ELBO (variational EM) "
+          "and PSIS-LOO (az.compare over every type and K, rank 0 best):")
+    print("| type | K | BIC | full ELBO | elpd_loo | se | elpd_diff | dse | LOO rank | "
+          "variational k-hat |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['covariance_type']} | {r['K']} | {r['bic']:.1f} | {r['elbo']:.1f} | "
+              f"{r['elpd_loo']:.1f} | {r['loo_se']:.1f} | {r['elpd_diff']:.1f} | "
+              f"{r['loo_dse']:.1f} | {r['loo_rank']} | {r['variational_khat']:.2f} |")
+    best = {"bic": min(rows, key=lambda r: r["bic"]), "elbo": max(rows, key=lambda r: r["elbo"]),
+            "loo": min(rows, key=lambda r: r["loo_rank"])}
+    print("\nbest (type, K): " + ", ".join(f"{c.upper()} {r['covariance_type']} K = {r['K']}"
+                                          for c, r in best.items()))
+    best_by_type = {t: max((r for r in rows if r["covariance_type"] == t),
+                           key=lambda r: r["elbo"])["K"] for t in args.covariance_types}
+    loo_best_by_type = {t: "{} K={}".format(t, min(
+        (r for r in rows if r["covariance_type"] == t), key=lambda r: r["loo_rank"])["K"])
+        for t in args.covariance_types}
+
+    # the full-covariance story of K (the earlier table), as in docs/mixture.md
+    full_best = {"aic": min(full_rows, key=lambda r: r["aic"])["K"],
+                 "bic": min(full_rows, key=lambda r: r["bic"])["K"],
+                 "elbo": max(full_rows, key=lambda r: r["elbo"])["K"]}
+    full_table = diagnostics.compare({r["K"]: idatas[f"full K={r['K']}"] for r in full_rows})
+    full_best["loo"] = int(full_table.index[0])
+    # LOO differences within ~2 standard errors are noise: take the smallest such K
+    full_best["loo_parsimony"] = min(
+        int(k) for k in full_table.index
+        if full_table.loc[k, "elpd_diff"] <= 2 * full_table.loc[k, "dse"])
+    k_chosen = full_best["loo_parsimony"]
+    print("\nFull covariances, PSIS-LOO (az.compare, best first) next to AIC, BIC and the "
+          "full ELBO:")
     print("| K | elpd_loo | se | p_loo | elpd_diff | dse | max LOO k | AIC | BIC | full ELBO "
           "| variational k-hat |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for k in table.index:
-        r = rows[int(k) - 1]
-        print(f"| {r['K']} | {r['elpd_loo']:.1f} | {r['loo_se']:.1f} | {r['p_loo']:.1f} | "
-              f"{r['elpd_diff']:.1f} | {r['loo_dse']:.1f} | {r['loo_max_khat']:.2f} | "
+    for k in full_table.index:
+        r, c = full_rows[int(k) - 1], full_table.loc[k]
+        print(f"| {r['K']} | {c['elpd_loo']:.1f} | {c['se']:.1f} | {c['p_loo']:.1f} | "
+              f"{c['elpd_diff']:.1f} | {c['dse']:.1f} | {r['loo_max_khat']:.2f} | "
               f"{r['aic']:.1f} | {r['bic']:.1f} | {r['elbo']:.1f} | "
               f"{r['variational_khat']:.2f} |")
-    print(f"\nbest K: LOO {best['loo']}; smallest K within 2 dse of it {k_chosen}")
-    diagnostics.save(idatas[k_chosen], out / "inference_data.nc")
+    print(f"\nfull covariances, best K: AIC {full_best['aic']}, BIC {full_best['bic']}, "
+          f"ELBO {full_best['elbo']}, LOO {full_best['loo']}; smallest K within 2 dse of "
+          f"the best LOO {k_chosen}")
+    diagnostics.save(idatas[f"full K={k_chosen}"], out / "inference_data.nc")
 
-    # 3. the E-step of the two-component story ---------------------------------------------
+    # 5. the E-step of the two-component story ---------------------------------------------
     k_story = DEFAULTS["story_components"]
-    em2, vb2 = em_models[k_story], vb_models[k_story]
+    em2, vb2 = em_models["full", k_story], vb_models["full", k_story]
     resp = em2.predict_proba(X)  # (178, 2)
     # name the component with more phenols "traditional" (component A), as in the story
     a = int(np.argmax(em2.means_[:, 1]))
-    print(f"\nK = {k_story} (EM): weights {np.round(em2.weights_, 3).tolist()}, means "
+    print(f"\nK = {k_story} (EM, full): weights {np.round(em2.weights_, 3).tolist()}, means "
           f"{np.round(em2.means_, 2).tolist()}; component A (traditional, more phenols) = {a}")
 
-    # 4. membership credible intervals: "0.6 -- how sure?" ---------------------------------
+    # membership credible intervals: "0.6 -- how sure?"
     # the Bayesian fit's components are identified; match them to EM's by their means
     a_vb = int(np.argmin(np.linalg.norm(vb2.means_ - em2.means_[a], axis=1)))
     intervals = vb2.membership_intervals(X, num_samples=args.num_posterior_samples,
@@ -220,17 +271,29 @@ def main(argv=None):
                                "lower": float(lo), "upper": float(hi)})
 
     # figures ------------------------------------------------------------------------------
-    ks = [r["K"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    axes[0].plot(ks, [r["aic"] for r in rows], "o-", label="AIC")
-    axes[0].plot(ks, [r["bic"] for r in rows], "s-", label="BIC")
-    axes[0].set(xlabel="K", ylabel="criterion (lower is better)", title="EM")
-    axes[0].legend()
-    axes[1].plot(ks, [r["elbo"] for r in rows], "o-", color="C2")
+    for i, cov_type in enumerate(args.covariance_types):
+        type_rows = [r for r in rows if r["covariance_type"] == cov_type]
+        axes[0].plot(ks, [r["bic"] for r in type_rows], "o-", color=f"C{i}", label=cov_type)
+        axes[1].plot(ks, [r["elbo"] for r in type_rows], "o-", color=f"C{i}", label=cov_type)
+    axes[0].set(xlabel="K", ylabel="BIC (lower is better)", title="EM")
     axes[1].set(xlabel="K", ylabel="full ELBO (nats, higher is better)",
                 title="variational EM")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "model_selection.png", dpi=80)
+    plt.close(fig)
+
+    # 4. the four types' fitted ellipses, each at the K its full ELBO picks
+    fig, axes = plt.subplots(1, len(args.covariance_types),
+                             figsize=(3.6 * len(args.covariance_types), 3.6), squeeze=False)
+    for ax, cov_type in zip(axes[0], args.covariance_types):
+        k = best_by_type[cov_type]
+        vb = vb_models[cov_type, k]
+        plot_contours(ax, vb, X, cultivar,
+                      f"{cov_type}, K = {k}: ELBO {vb.lower_bound_:.1f}")
+    fig.tight_layout()
+    fig.savefig(out / "covariance_types.png", dpi=80)
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -266,20 +329,29 @@ def main(argv=None):
     fig.savefig(out / "membership_intervals.png", dpi=80)
     plt.close(fig)
 
-    diagnostics.plot_compare(table, out / "loo_compare.png")
-    diagnostics.plot_forest(idatas[k_chosen], ["weights", "means"], out / "forest.png",
-                            ci_prob=0.9,
-                            title=f"variational posterior, K = {k_chosen} (90% interval)")
+    # az.plot_compare of the four types, each at its best K by LOO (all 24 fits would not
+    # fit one figure's labels)
+    diagnostics.plot_compare(diagnostics.compare(
+        {name: idatas[name] for name in loo_best_by_type.values()}), out / "loo_compare.png")
+    diagnostics.plot_forest(idatas[f"full K={k_chosen}"], ["weights", "means"],
+                            out / "forest.png", ci_prob=0.9,
+                            title=f"variational posterior, full, K = {k_chosen} (90% interval)")
 
     metrics = {
         "features": FEATURES, "num_bottles": int(X.shape[0]), "seed": args.seed,
-        "prior_type": args.prior_type, "n_init": args.n_init, "table": rows, "best_k": best,
+        "prior_type": args.prior_type, "n_init": args.n_init,
+        "covariance_types": args.covariance_types,
+        "table": full_rows, "best_k": full_best,  # full covariances, by K
+        "types": rows,  # every type and K
+        "best": {c: {"covariance_type": r["covariance_type"], "K": r["K"]}
+                 for c, r in best.items()},
+        "elbo_best_k_by_type": best_by_type,
         "story": {"K": k_story, "weights": em2.weights_.tolist(),
                   "means": em2.means_.tolist(), "component_a": a,
                   "credible_mass": DEFAULTS["credible_mass"], "bottles": bottle_records},
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"\nwrote {out}/metrics.json, inference_data.nc (K = {k_chosen}) and 6 figures")
+    print(f"\nwrote {out}/metrics.json, inference_data.nc (full, K = {k_chosen}) and 8 figures")
 
 
 if __name__ == "__main__":
