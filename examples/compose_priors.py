@@ -30,7 +30,6 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from pyro.distributions.transforms import AffineAutoregressive
 from pyro.infer import TraceMeanField_ELBO
 from pyro.nn import AutoRegressiveNN
@@ -83,10 +82,6 @@ def pseudo_inputs():
     return pyro.param("my_pseudo_inputs", init, constraint=constraints.unit_interval)
 
 
-def kl_weight(beta):
-    return poutine.scale(scale=1.0 if beta is None else beta)
-
-
 # --- Part 1: the VampPrior in a hand-written model -------------------------------------------
 
 def part1_networks():
@@ -95,9 +90,10 @@ def part1_networks():
 
 def make_vamp_model(encoder, decoder, transform=None):
     """A model of our own naming: latent "code", observed "pixels". Only the plate
-    convention matters to ppl_vae's fit and evaluation (everything in plate "data")."""
+    convention matters to ppl_vae's fit and evaluation (everything in plate "data"); fit
+    adds the KL warm-up itself, as a handler around the latent sites."""
 
-    def model(x, beta=None):
+    def model(x):
         pyro.module("my_encoder", encoder)   # the guide's encoder: p(z) = mean_k q(z | u_k)
         pyro.module("my_decoder", decoder)
         loc, scale = encoder(pseudo_inputs())  # (K, L) each
@@ -108,20 +104,18 @@ def make_vamp_model(encoder, decoder, transform=None):
             # direction); the plain transform would invert it dimension by dimension.
             p_z = dist.TransformedDistribution(p_z, [transform.inv])
         with pyro.plate("data", x.shape[0]):
-            with kl_weight(beta):
-                z = pyro.sample("code", p_z)  # (N, L)
+            z = pyro.sample("code", p_z)  # (N, L)
             pyro.sample("pixels", dist.Bernoulli(logits=decoder(z)).to_event(1), obs=x)
 
     return model
 
 
 def make_guide(encoder):
-    def guide(x, beta=None):
+    def guide(x):
         pyro.module("my_encoder", encoder)
         with pyro.plate("data", x.shape[0]):
             loc, scale = encoder(x)
-            with kl_weight(beta):
-                pyro.sample("code", dist.Normal(loc, scale).to_event(1))
+            pyro.sample("code", dist.Normal(loc, scale).to_event(1))
     return guide
 
 
@@ -147,23 +141,21 @@ def part3(args):
     z1_prior = ConditionalGaussian(L2, L1, (HIDDEN,))           # p(z1 | z2)
     decoder = MultiInputDecoder((L1, L2), D, (HIDDEN,))          # p(x | z1, z2)
 
-    def model(x, beta=None):
+    def model(x):
         for name, net in (("encoder", encoder), ("z1_prior", z1_prior), ("decoder", decoder)):
             pyro.module(name, net)
         p_z2 = VampPrior(*encoder(pseudo_inputs()))            # VampPrior on the top layer
         with pyro.plate("data", x.shape[0]):
-            with kl_weight(beta):
-                z2 = pyro.sample("z2", p_z2)                                  # (N, L2)
-                z1 = pyro.sample("z1", dist.Normal(*z1_prior(z2)).to_event(1))  # (N, L1)
+            z2 = pyro.sample("z2", p_z2)                                  # (N, L2)
+            z1 = pyro.sample("z1", dist.Normal(*z1_prior(z2)).to_event(1))  # (N, L1)
             pyro.sample("x", dist.Bernoulli(logits=decoder(z1, z2)).to_event(1), obs=x)
 
-    def guide(x, beta=None):
+    def guide(x):
         pyro.module("encoder", encoder)
         pyro.module("z1_encoder", z1_encoder)
         with pyro.plate("data", x.shape[0]):
-            with kl_weight(beta):
-                z2 = pyro.sample("z2", dist.Normal(*encoder(x)).to_event(1))
-                pyro.sample("z1", dist.Normal(*z1_encoder(x, z2)).to_event(1))
+            z2 = pyro.sample("z2", dist.Normal(*encoder(x)).to_event(1))
+            pyro.sample("z1", dist.Normal(*z1_encoder(x, z2)).to_event(1))
 
     def extra(x_test):
         # Active units (Burda et al. 2016): Var_x E_q[z_d | x] > 0.01; E_q[z1 | x] averages
