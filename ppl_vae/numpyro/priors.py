@@ -1,15 +1,16 @@
 """Priors p(z) as objects handed to a model (NumPyro).
 
 Mirror of :mod:`ppl_vae.pyro.priors`. A prior is an object whose call registers its
-parameters with NumPyro (by name, through ``numpyro.contrib.module.eqx_module``) and returns
-a distribution with event shape ``(L,)``:
+parameters with NumPyro (by name, through ``numpyro.contrib.module``) and returns a
+distribution with event shape ``(L,)``:
 
 - :class:`StandardNormalPrior` -- ``N(0, I)``;
 - :class:`MixtureOfGaussiansPrior` -- a mixture with learned weights, locations and scales
   (NumPyro's ``MixtureSameFamily``), registered as ``"prior"``;
 - :class:`LearnedVampPrior` -- the VampPrior with K learned pseudo-inputs, initialised as the
   reference does (``N(0.05, 0.01)``, kept in [0, 1] by a hardtanh), registered as
-  ``"encoder"`` and ``"pseudo_inputs"``;
+  ``"pseudo_inputs"``, its encoder (Equinox, Flax NNX or Linen, stax, or a function) under
+  the guide's name for it (``"encoder"`` by default);
 - :func:`vamp_data_prior` -- the VampPrior-data: pseudo-inputs initialised from K training
   images plus ``N(0, 0.01)`` noise, still trainable.
 
@@ -21,13 +22,16 @@ distribution once (for the VampPrior: encode the K pseudo-inputs once, not per c
 """
 
 import contextlib
+import importlib
+import sys
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
 from jax import random
-from numpyro.contrib.module import eqx_module
+from numpyro.contrib.module import eqx_module, flax_module, nnx_module
 from numpyro.distributions import Categorical, MixtureSameFamily, Normal
 
 from ppl_vae._checks import check_int
@@ -205,23 +209,143 @@ class PseudoInputs(eqx.Module):
         return jnp.clip(self.weight, self.low, self.high)
 
 
+# The network kinds LearnedVampPrior takes, as NumPyro registers each (numpyro.contrib.module).
+_NETWORK_KINDS = (
+    "an Equinox module, a Flax NNX module, a Flax Linen module, a stax (init_fn, apply_fn) "
+    "pair, or a function encode(pseudo_inputs) -> (loc, scale)"
+)
+
+
+def _flax(submodule):
+    """``flax.nnx`` / ``flax.linen`` if the caller has imported Flax (a Flax network cannot
+    exist otherwise), else None: Flax is never imported on ppl_vae's behalf."""
+    if "flax" not in sys.modules:
+        return None
+    return importlib.import_module(f"flax.{submodule}")
+
+
+def _network_kind(encoder):
+    """``"equinox"``, ``"nnx"``, ``"linen"``, ``"stax"`` or ``"function"``; TypeError else."""
+    if isinstance(encoder, eqx.Module):
+        return "equinox"
+    nnx = _flax("nnx")
+    if nnx is not None and isinstance(encoder, nnx.Module):
+        return "nnx"
+    linen = _flax("linen")
+    if linen is not None and isinstance(encoder, linen.Module):
+        return "linen"
+    if isinstance(encoder, tuple) and len(encoder) == 2 and all(map(callable, encoder)):
+        return "stax"
+    if callable(encoder) and not isinstance(encoder, (tuple, list)):
+        return "function"
+    raise TypeError(
+        f"LearnedVampPrior's encoder must be {_NETWORK_KINDS}; got {_describe(encoder)}."
+    )
+
+
+def _describe(obj):
+    name = type(obj).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    if isinstance(obj, (tuple, list)):
+        return f"{article} {name} of {len(obj)} ({', '.join(type(o).__name__ for o in obj)})"
+    return f"{article} {name}"
+
+
+_KIND_NAMES = {"equinox": "an Equinox module", "nnx": "a Flax NNX module",
+               "linen": "a Flax Linen module", "stax": "a stax (init_fn, apply_fn) pair",
+               "function": "a function"}
+
+
+def _abstract_apply(kind, encoder, pseudo_inputs):
+    """What the encoder returns on ``pseudo_inputs``, as shapes only (``jax.eval_shape``: no
+    computation, no state touched; Linen and stax parameters are initialised abstractly)."""
+    key = jax.random.PRNGKey(0)
+    if kind == "nnx":
+        nnx = _flax("nnx")
+        graph, state = nnx.split(encoder)
+        return jax.eval_shape(lambda state, u: nnx.merge(graph, state)(u), state, pseudo_inputs)
+    if kind == "linen":
+        return jax.eval_shape(lambda u: encoder.apply(encoder.init(key, u), u), pseudo_inputs)
+    if kind == "stax":
+        init_fn, apply_fn = encoder
+        return jax.eval_shape(lambda u: apply_fn(init_fn(key, u.shape)[1], u), pseudo_inputs)
+    return jax.eval_shape(encoder, pseudo_inputs)
+
+
+def _check_encoder_output(kind, encoder, pseudo_inputs):
+    """Run the encoder abstractly on the pseudo-inputs; return L, or raise naming what it
+    returned and what is needed: ``(loc, scale)``, each ``(num_pseudo, latent_dim)``."""
+    what = _KIND_NAMES[kind]
+    try:
+        out = _abstract_apply(kind, encoder, pseudo_inputs)
+    except Exception as e:
+        raise ValueError(
+            f"LearnedVampPrior could not apply its encoder ({what}) to the pseudo-inputs, "
+            f"shape (num_pseudo, input_dim) = {tuple(pseudo_inputs.shape)}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    shapes = [tuple(getattr(o, "shape", ())) for o in out] if isinstance(out, (tuple, list)) else None
+    num_pseudo = pseudo_inputs.shape[0]
+    if (shapes is None or len(shapes) != 2 or shapes[0] != shapes[1] or len(shapes[0]) != 2
+            or shapes[0][0] != num_pseudo):
+        got = (f"a {type(out).__name__} of shapes {shapes}" if shapes is not None
+               else f"a {type(out).__name__} of shape {tuple(getattr(out, 'shape', ()))}")
+        raise TypeError(
+            f"LearnedVampPrior's encoder ({what}) must return (loc, scale), two arrays of shape "
+            f"(num_pseudo, latent_dim), here ({num_pseudo}, L); on pseudo-inputs of shape "
+            f"{tuple(pseudo_inputs.shape)} it returned {got}."
+        )
+    return shapes[0][1]
+
+
 class LearnedVampPrior(Prior):
     """VampPrior with learned pseudo-inputs: :math:`p(z) = \\frac1K \\sum_k q(z \\mid u_k)`.
 
-    Registers the shared encoder as ``"encoder"`` (the guide's name, so both use one set of
-    weights) and the pseudo-inputs as ``"pseudo_inputs"``.
+    Registers the encoder under ``name`` (the guide's name for it, so that guide and prior
+    train one set of weights) and the pseudo-inputs as ``"pseudo_inputs"``. The encoder may
+    be any of the network kinds NumPyro registers, each the way ``numpyro.contrib.module``
+    does, so that a guide registering the same network under the same name shares it:
 
-    :param encoder: the guide's :class:`~ppl_vae.numpyro.nets.Encoder` (or any Equinox module
-        mapping ``(K, D)`` to ``(loc, scale)``).
+    ==========================================  ==================================================
+    encoder                                     registered with
+    ==========================================  ==================================================
+    an Equinox module (e.g. ppl_vae's Encoder)  ``eqx_module(name, encoder)``
+    a Flax NNX module                           ``nnx_module(name, encoder)``
+    a Flax Linen module                         ``flax_module(name, encoder, input_shape=(1, D))``
+    a stax ``(init_fn, apply_fn)`` pair         ``numpyro.module(name, encoder, (1, D))``
+    a function ``encode(u) -> (loc, scale)``    nothing: its parameters are the caller's
+    ==========================================  ==================================================
+
+    The network must map the ``(K, D)`` pseudo-inputs to ``(loc, scale)``, each ``(K, L)``;
+    anything else is refused here, at construction (checked with ``jax.eval_shape``, which
+    computes nothing).
+
+    Example (NumPyro's own VAE example's stax encoder, shared with a guide)::
+
+        >>> from jax import random
+        >>> from jax.example_libraries import stax
+        >>> encoder = stax.serial(stax.Dense(16), stax.Softplus,
+        ...                       stax.FanOut(2), stax.parallel(stax.Dense(2),
+        ...                       stax.serial(stax.Dense(2), stax.Exp)))
+        >>> prior = LearnedVampPrior(encoder, num_pseudo=5, input_dim=8, name="encoder",
+        ...                          rng_key=random.PRNGKey(0))
+        >>> prior.latent_dim
+        2
+
+    :param encoder: the guide's network, of one of the kinds above.
     :param int num_pseudo: K.
     :param int input_dim: D; defaults to ``encoder.input_dim``.
     :param init: optional ``(K, D)`` initial pseudo-inputs; by default
         ``N(init_loc, init_scale^2)`` drawn with ``rng_key``.
     :param rng_key: ``jax.random.PRNGKey``, required when ``init`` is None.
+    :param str name: the name the encoder is registered under (default ``"encoder"``).
     """
 
     def __init__(self, encoder, num_pseudo=500, input_dim=None, init=None, init_loc=0.05,
-                 init_scale=0.01, rng_key=None):
+                 init_scale=0.01, rng_key=None, *, name="encoder"):
+        kind = _network_kind(encoder)
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str; got {name!r}.")
         num_pseudo = check_int("num_pseudo", num_pseudo)
         if input_dim is None:
             input_dim = getattr(encoder, "input_dim", None)
@@ -234,27 +358,46 @@ class LearnedVampPrior(Prior):
                 f"init must have shape (num_pseudo, input_dim) = ({num_pseudo}, {input_dim}); "
                 f"got {tuple(np.shape(init))}."
             )
-        self.encoder = encoder
-        self.latent_dim = getattr(encoder, "latent_dim", None)
         # float32, or float64 under jax_enable_x64 (as the networks).
         self.pseudo_inputs = PseudoInputs(jnp.asarray(init, dtype=jnp.result_type(float)))
+        self.encoder, self.name, self.kind = encoder, name, kind
+        self.latent_dim = _check_encoder_output(kind, encoder, self.pseudo_inputs())
 
     @property
     def num_pseudo(self):
         return self.pseudo_inputs.weight.shape[0]
 
+    @property
+    def input_dim(self):
+        return self.pseudo_inputs.weight.shape[1]
+
     def register(self):
-        return eqx_module("encoder", self.encoder), eqx_module("pseudo_inputs", self.pseudo_inputs)
+        return self._register_encoder(), eqx_module("pseudo_inputs", self.pseudo_inputs)
+
+    def _register_encoder(self):
+        """The encoder with its current parameters, registered as NumPyro does for its kind."""
+        input_shape = (1, self.input_dim)
+        if self.kind == "equinox":
+            return eqx_module(self.name, self.encoder)
+        if self.kind == "nnx":
+            return nnx_module(self.name, self.encoder)
+        if self.kind == "linen":
+            return flax_module(self.name, self.encoder, input_shape=input_shape)
+        if self.kind == "stax":
+            return numpyro.module(self.name, self.encoder, input_shape=input_shape)
+        return self.encoder
 
     def build(self, modules):
         encoder, pseudo_inputs = modules
         return vamp_prior(encoder, pseudo_inputs())
 
 
-def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, rng_key=None):
+def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, rng_key=None, *,
+                    name="encoder"):
     """VampPrior-data: pseudo-inputs start at the first ``num_pseudo`` rows of ``data``
     (training images, ``(N, D)``) plus ``N(0, noise_scale^2)`` noise (drawn with the
-    required ``rng_key``), as in the reference."""
+    required ``rng_key``), as in the reference. ``encoder`` and ``name`` as for
+    :class:`LearnedVampPrior`."""
     data = np.asarray(data, dtype=np.float32)
     if data.ndim != 2:
         raise ValueError(f"data must have shape (N, D); got {tuple(data.shape)}.")
@@ -268,4 +411,4 @@ def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, rng_key=Non
     init = jnp.asarray(data[:num_pseudo]) + noise_scale * random.normal(
         rng_key, (num_pseudo, data.shape[1])
     )
-    return LearnedVampPrior(encoder, num_pseudo, data.shape[1], init=init)
+    return LearnedVampPrior(encoder, num_pseudo, data.shape[1], init=init, name=name)

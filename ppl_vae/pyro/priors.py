@@ -7,7 +7,8 @@ returns a distribution with event shape ``(L,)``:
 - :class:`MixtureOfGaussiansPrior` -- a mixture with learned weights, locations and scales
   (a :class:`DiagonalNormalMixture`);
 - :class:`LearnedVampPrior` -- the VampPrior with K learned pseudo-inputs, initialised as the
-  reference does (``N(0.05, 0.01)``, kept in [0, 1] by a hardtanh);
+  reference does (``N(0.05, 0.01)``, kept in [0, 1] by a hardtanh), registered as
+  ``"pseudo_inputs"``, its encoder under the guide's name for it (``"encoder"`` by default);
 - :func:`vamp_data_prior` -- the VampPrior-data: pseudo-inputs initialised from K training
   images plus ``N(0, 0.01)`` noise, still trainable.
 
@@ -170,23 +171,92 @@ class PseudoInputs(nn.Module):
         return nn.functional.hardtanh(self.weight, self.low, self.high)
 
 
+def _check_encoder(encoder, pseudo_inputs):
+    """The encoder's latent dimension L, after checking that it is an ``nn.Module`` or a
+    function mapping the ``(K, D)`` pseudo-inputs to ``(loc, scale)``, each ``(K, L)``.
+
+    Checked on the first pseudo-input only, without gradients, in evaluation mode and with
+    torch's random state restored afterwards, so that nothing the caller can observe changes
+    (no batch-norm statistics, no random numbers drawn).
+    """
+    if not callable(encoder) or isinstance(encoder, (tuple, list)):
+        name = type(encoder).__name__
+        kind = ("an " if name[:1].lower() in "aeiou" else "a ") + name
+        kind += f" of {len(encoder)}" if isinstance(encoder, (tuple, list)) else ""
+        raise TypeError(
+            "LearnedVampPrior's encoder must be a torch.nn.Module, or a function "
+            f"encode(pseudo_inputs) -> (loc, scale); got {kind}."
+        )
+    what = "torch.nn.Module" if isinstance(encoder, nn.Module) else "function"
+    first = pseudo_inputs[:1].detach()
+    if isinstance(encoder, nn.Module):
+        # in the encoder's dtype: a float64 model may be converted as a whole (prior.double())
+        # after the prior, and its float32 pseudo-inputs, are built
+        dtype = next((p.dtype for p in encoder.parameters() if p.is_floating_point()), None)
+        first = first if dtype is None else first.to(dtype)
+    training = encoder.training if isinstance(encoder, nn.Module) else None
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            if training:
+                encoder.eval()
+            out = encoder(first)
+    except Exception as e:
+        raise ValueError(
+            f"LearnedVampPrior could not apply its encoder ({what}) to a pseudo-input of "
+            f"shape (1, input_dim) = {tuple(first.shape)}: {type(e).__name__}: {e}"
+        ) from e
+    finally:
+        if training:
+            encoder.train(training)
+    shapes = ([tuple(o.shape) if torch.is_tensor(o) else type(o).__name__ for o in out]
+              if isinstance(out, (tuple, list)) else None)
+    if (shapes is None or len(shapes) != 2 or shapes[0] != shapes[1]
+            or not isinstance(shapes[0], tuple) or len(shapes[0]) != 2 or shapes[0][0] != 1):
+        got = (f"a {type(out).__name__} of {shapes}" if shapes is not None
+               else f"a {type(out).__name__}"
+               + (f" of shape {tuple(out.shape)}" if torch.is_tensor(out) else ""))
+        raise TypeError(
+            f"LearnedVampPrior's encoder ({what}) must return (loc, scale), two tensors of shape "
+            f"(num_pseudo, latent_dim); on a pseudo-input of shape {tuple(first.shape)} it "
+            f"returned {got}."
+        )
+    return shapes[0][1]
+
+
 class LearnedVampPrior(Prior):
     """VampPrior with learned pseudo-inputs: :math:`p(z) = \\frac1K \\sum_k q(z \\mid u_k)`.
 
-    Registers the shared encoder as ``"encoder"`` (the guide's name, so both use one set of
-    weights) and the pseudo-inputs as ``"pseudo_inputs"``.
+    Registers the encoder under ``name`` (the guide's name for it, so that guide and prior
+    train one set of weights) and the pseudo-inputs as ``"pseudo_inputs"``. The encoder is any
+    ``torch.nn.Module`` mapping the ``(K, D)`` pseudo-inputs to ``(loc, scale)``, each
+    ``(K, L)``, or a plain function doing so (it is then registered nowhere: its parameters
+    are the caller's); anything else is refused here, at construction.
 
-    :param encoder: the guide's :class:`~ppl_vae.pyro.nets.Encoder` (or any module mapping
-        ``(K, D)`` to ``(loc, scale)``).
+    Example::
+
+        >>> import pyro
+        >>> from ppl_vae.pyro import Encoder
+        >>> encoder = Encoder(input_dim=8, latent_dim=2, hidden_dims=(16,))
+        >>> prior = LearnedVampPrior(encoder, num_pseudo=5, name="my_encoder")
+        >>> prior().batch_shape, prior().event_shape  # registers "my_encoder", "pseudo_inputs"
+        (torch.Size([]), torch.Size([2]))
+        >>> sorted({k.split("$$$")[0] for k in pyro.get_param_store()})
+        ['my_encoder', 'pseudo_inputs']
+
+    :param encoder: the guide's :class:`~ppl_vae.pyro.nets.Encoder`, or any module or function
+        mapping ``(K, D)`` to ``(loc, scale)``.
     :param int num_pseudo: K.
     :param int input_dim: D; defaults to ``encoder.input_dim``.
     :param torch.Tensor init: optional ``(K, D)`` initial pseudo-inputs; by default
         ``N(init_loc, init_scale^2)``.
+    :param str name: the name the encoder is registered under (default ``"encoder"``).
     """
 
     def __init__(self, encoder, num_pseudo=500, input_dim=None, init=None, init_loc=0.05,
-                 init_scale=0.01, generator=None):
+                 init_scale=0.01, generator=None, *, name="encoder"):
         super().__init__()
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"name must be a non-empty str; got {name!r}.")
         num_pseudo = check_int("num_pseudo", num_pseudo)
         if input_dim is None:
             input_dim = getattr(encoder, "input_dim", None)
@@ -198,25 +268,29 @@ class LearnedVampPrior(Prior):
                 f"init must have shape (num_pseudo, input_dim) = ({num_pseudo}, {input_dim}); "
                 f"got {tuple(init.shape)}."
             )
-        self.encoder = encoder
-        self.latent_dim = getattr(encoder, "latent_dim", None)
-        self.pseudo_inputs = PseudoInputs(init.float())
+        pseudo_inputs = PseudoInputs(init.float())
+        self.latent_dim = _check_encoder(encoder, pseudo_inputs())
+        self.encoder, self.name = encoder, name
+        self.pseudo_inputs = pseudo_inputs
 
     @property
     def num_pseudo(self):
         return self.pseudo_inputs.weight.shape[0]
 
     def register(self):
-        pyro.module("encoder", self.encoder)
+        if isinstance(self.encoder, nn.Module):
+            pyro.module(self.name, self.encoder)
         pyro.module("pseudo_inputs", self.pseudo_inputs)
 
     def build(self):
         return vamp_prior(self.encoder, self.pseudo_inputs())
 
 
-def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, generator=None):
+def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, generator=None, *,
+                    name="encoder"):
     """VampPrior-data: pseudo-inputs start at the first ``num_pseudo`` rows of ``data``
-    (training images, ``(N, D)``) plus ``N(0, noise_scale^2)`` noise, as in the reference."""
+    (training images, ``(N, D)``) plus ``N(0, noise_scale^2)`` noise, as in the reference.
+    ``encoder`` and ``name`` as for :class:`LearnedVampPrior`."""
     data = torch.as_tensor(data, dtype=torch.float32)
     if data.dim() != 2:
         raise ValueError(f"data must have shape (N, D); got {tuple(data.shape)}.")
@@ -229,4 +303,4 @@ def vamp_data_prior(encoder, data, num_pseudo=500, noise_scale=0.01, generator=N
     init = data[:num_pseudo] + noise_scale * torch.randn(
         num_pseudo, data.shape[1], generator=generator
     )
-    return LearnedVampPrior(encoder, num_pseudo, data.shape[1], init=init)
+    return LearnedVampPrior(encoder, num_pseudo, data.shape[1], init=init, name=name)
