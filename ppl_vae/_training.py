@@ -22,7 +22,7 @@ An engine is the small backend-specific part (``ppl_vae.pyro.training._Engine``,
   / ``from_arrays(arrays)`` -> NumPy ``{name: array}`` and back, ``restore(snapshot)``,
   ``result_params(snapshot)`` -> what ``FitResult.params`` holds;
 - ``state_arrays()`` / ``state_meta()`` -> the optimizer state and RNG for ``last.npz``,
-  ``load_state(arrays, meta)`` -> resume from them;
+  ``load_state(arrays, meta, path)`` -> resume from them (read from ``path``);
 - ``start(start_epoch, last_path)`` (the ranks agree on the start) and ``barrier(epoch)``.
 """
 
@@ -228,7 +228,7 @@ def drive(engine, *, config, num_epochs, warmup_epochs, early_stopping, learning
             found = check_resume(ckpt_dir, engine.backend, config, engine.signature)
             if found is not None:
                 arrays, meta = found
-                engine.load_state(arrays, meta)
+                engine.load_state(arrays, meta, last_path)
                 history, start_epoch = meta["history"], meta["epoch"]
                 best_params = {k[len("best/"):]: v for k, v in arrays.items()
                                if k.startswith("best/")}

@@ -85,12 +85,11 @@ def pyro_evaluate(checkpoint, distributed=False):
     import torch
 
     import ppl_vae.pyro as pp
-    from ppl_vae.pyro.training import load_params
 
     _, _, test = data()
     model, guide = pyro_vae()
     x = torch.as_tensor(test)
-    load_params(checkpoint, model, guide, x)
+    pp.load_params(checkpoint, model, guide, x)
     pyro.set_rng_seed(5)
     log_px, log_w = pp.importance_log_likelihood(model, guide, x, return_log_weights=True,
                                                  distributed=distributed, **EVAL)
@@ -176,7 +175,6 @@ def run_numpyro(out):
     from jax import random
 
     import ppl_vae.numpyro as pn
-    from ppl_vae.numpyro.training import load_params
 
     numpyro.enable_validation(True)
     train, valid, test = data()
@@ -194,7 +192,7 @@ def run_numpyro(out):
     fit("sharded_half", EPOCHS, False, resume=True)  # and the other way
     fit("single", EPOCHS, False)
     results = {"num_devices": np.array(len(jax.devices()))}
-    params, _ = load_params(out / "single" / "last.npz", model, guide, train)
+    params, _ = pn.load_params(out / "single" / "last.npz", model, guide, train)
     for tag, distributed in (("single", False), ("sharded", True)):
         results.update(numpyro_evaluate(model, guide, params, distributed, tag))
     np.savez(out / "numpyro.npz", **results)
@@ -228,7 +226,6 @@ def run_numpyro_hosts(out):
     from jax import random
 
     import ppl_vae.numpyro as pn
-    from ppl_vae.numpyro.training import load_params
 
     numpyro.enable_validation(True)
     train, _, test = data()
@@ -236,7 +233,7 @@ def run_numpyro_hosts(out):
     model, guide = numpyro_vae()
     pn.fit(random.PRNGKey(1), model, guide, train, num_epochs=EPOCHS,
            checkpoint_dir=out / "hosts", distributed=True, **FIT)
-    params, _ = load_params(out / "reference.npz", model, guide, train)
+    params, _ = pn.load_params(out / "reference.npz", model, guide, train)
     log_px, log_w = pn.importance_log_likelihood(
         random.PRNGKey(5), model, guide, test, params=params, return_log_weights=True,
         distributed=True, **EVAL)

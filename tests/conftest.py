@@ -1,9 +1,22 @@
 """Shared test set-up: every test is seeded, starts from an empty Pyro param store and runs
-with distribution validation on (warnings are errors: see pyproject.toml)."""
+with distribution validation on in both backends (warnings are errors: see pyproject.toml).
+
+``backend`` runs a test once per backend (``tests/backends.py``: the catalogue of what each
+backend builds, fits and evaluates). It is module-scoped, so that the tests of a module run
+backend by backend and module-scoped fixtures built on it (a trained model) are built once
+per backend."""
 
 import importlib.util
+import os
+import sys
 from pathlib import Path
 
+# XLA's backend optimisations off, before JAX starts (and for the runs the tests launch, which
+# inherit it): the tests' programs are small, compiling them is most of the NumPyro tests'
+# time, and unoptimised it is a third shorter. A value the caller set is kept.
+os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+
+import backends
 import numpy as np
 import pytest
 
@@ -20,7 +33,18 @@ def _seed_and_validate():
         pyro.clear_param_store()
         pyro.set_rng_seed(0)
         pyro.enable_validation(True)
+    if "numpyro" in sys.modules:  # imported by the tests that use it; no import here
+        sys.modules["numpyro"].enable_validation(True)
     yield
+
+
+@pytest.fixture(scope="module", params=backends.BACKENDS)
+def backend(request):
+    """The Pyro or the NumPyro half (:mod:`backends`); skipped where it is not installed."""
+    found = backends.get(request.param)
+    if found is None:
+        pytest.skip(f"{request.param} is not installed")
+    return found
 
 
 @pytest.fixture
@@ -41,3 +65,40 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _jax_compilation_cache(tmp_path_factory):
+    """One compilation per distinct program for the whole session: XLA's executables go to a
+    cache on disk (JAX's persistent compilation cache), so that the many NumPyro fits and
+    evaluations of the same model, each a new ``jax.jit``, compile once. A program found
+    there is the executable compiled before: same code, same numbers."""
+    if importlib.util.find_spec("jax") is None:
+        yield
+        return
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    settings = {"jax_compilation_cache_dir": path,
+                "jax_persistent_cache_min_compile_time_secs": 0,
+                "jax_persistent_cache_min_entry_size_bytes": 0}
+    if "jax" in sys.modules:  # (imported while collecting the tests)
+        import jax
+        from jax.experimental.compilation_cache import compilation_cache
+
+        previous = {name: getattr(jax.config, name) for name in settings}
+        for name, value in settings.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()  # in effect even after an earlier compilation
+        yield
+        for name, value in previous.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+    else:  # read by JAX when it is imported
+        saved = {name.upper(): os.environ.get(name.upper()) for name in settings}
+        os.environ.update({name.upper(): str(value) for name, value in settings.items()})
+        yield
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -160,6 +160,35 @@ def _leaves(tree):
     return [np.asarray(leaf) for leaf in jax.tree_util.tree_leaves(jax.device_get(tree))]
 
 
+def _shape_signature(params):
+    """:func:`~ppl_vae.checkpoint.param_signature` of parameters given as shapes
+    (``jax.ShapeDtypeStruct`` leaves, by :func:`_host_params`'s paths)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    return {jax.tree_util.keystr(path): [list(leaf.shape), str(np.dtype(leaf.dtype))]
+            for path, leaf in flat}
+
+
+def _optax_record(optim_state):
+    """How a checkpoint records an optax transformation: ``"optax"`` and the kinds of state
+    it keeps (``optax (ScaleByAdamState, EmptyState)`` for ``optax.adam``), which is what a
+    resume can restore. Its hyperparameters are inside its functions and not recorded: like
+    ``learning_rate``, they may change on resume."""
+    kinds = []
+
+    def walk(node):
+        if isinstance(node, (tuple, list)):
+            if hasattr(node, "_fields"):
+                kinds.append(type(node).__name__)
+            for child in node:
+                walk(child)
+        elif isinstance(node, dict):
+            for child in node.values():
+                walk(child)
+
+    walk(optim_state[1])  # (step, the optax state)
+    return f"optax ({', '.join(kinds)})"
+
+
 def _host_params(params):
     """Host copies of the leaves of a params dict, by path (``['decoder$params'].layers[0]
     .weight``: an ``eqx_module`` parameter is a whole pytree of arrays)."""
@@ -392,9 +421,9 @@ class _Engine:
                 "num_devices": 1 if self.mesh is None else self.mesh.size,
                 "versions": {"jax": jax.__version__, "numpyro": _numpyro_version()}}
 
-    def load_state(self, arrays, meta):
+    def load_state(self, arrays, meta, path):
         leaves = [arrays[f"state/{i}"] for i in range(meta["num_state_leaves"])]
-        self.svi_state = _unflatten(self.state_def, leaves, "an SVI state", self._path)
+        self.svi_state = _unflatten(self.state_def, leaves, "an SVI state", path)
         self._params = None
 
     # ------------------------------------------------------------ devices and hosts
@@ -450,7 +479,9 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
     :param optimizer: None for ``optax.adam(learning_rate)``, an optax
         ``GradientTransformation`` (``optax.adamw(1e-3)``; its learning rate is its own,
         ``learning_rate`` is not used) or a ``numpyro.optim`` optimizer. Recorded in the
-        checkpoints: a resume with another optimizer is refused.
+        checkpoints (an optax one by the kinds of state it keeps, e.g. ``optax
+        (ScaleByAdamState, EmptyState)``): a resume with another is refused before
+        compiling; its hyperparameters, like ``learning_rate``, may change.
     :param int warmup_epochs: KL warm-up length (0: none): epoch ``e`` trains with the latent
         sites scaled by ``min(1, e / warmup_epochs)`` (:class:`~ppl_vae.numpyro.latent_scale`).
         A run shorter than its warm-up warns (:class:`~ppl_vae.errors.WarmupWarning`).
@@ -529,6 +560,24 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         check_model_on_data(model, guide, valid_data, "valid_data", *model_args,
                             **model_kwargs)
 
+    key_init, key_perm, key_valid = random.split(rng_key, 3)
+    run_batch_size = min(settings["batch_size"], num_train)  # above N: one batch of all N
+    annealed_model, annealed_guide = _annealed(model), _annealed(guide)
+    svi = SVI(annealed_model, annealed_guide, numpyro_optimizer, elbo)
+    one = jnp.asarray(1.0, train_data.dtype)
+
+    def init(key, x):  # one trace registers every parameter (networks, pseudo-inputs, ...)
+        return svi.init(key, x, *model_args, _kl_weight=one, **model_kwargs)
+
+    # The parameters' and the optimizer state's shapes, traced without compiling: what a
+    # resume is checked against before the (slow) compilation.
+    def shapes_of(key, x):
+        state = init(key, x)
+        return state.optim_state, svi.get_params(state)
+
+    shapes = jax.eval_shape(shapes_of, key_init, head[:run_batch_size])
+    if optimizer_record == "optax":
+        optimizer_record = _optax_record(shapes[0])
     config = run_config(
         "numpyro", elbo=elbo, seed=("rng_key", _key_data(rng_key)),
         batch_size=settings["batch_size"], warmup_epochs=settings["warmup_epochs"],
@@ -538,15 +587,8 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         learning_rate=lr, normalize_gradients=settings["normalize_gradients"],
         optimizer=optimizer_record, config=config)
     if settings["resume"]:  # an unreadable or mismatched checkpoint fails before compiling
-        check_resume(checkpoint_dir, "numpyro", config)
-    key_init, key_perm, key_valid = random.split(rng_key, 3)
-    run_batch_size = min(settings["batch_size"], num_train)  # above N: one batch of all N
-    annealed_model, annealed_guide = _annealed(model), _annealed(guide)
-    svi = SVI(annealed_model, annealed_guide, numpyro_optimizer, elbo)
-    one = jnp.asarray(1.0, train_data.dtype)
-    # One trace registers every parameter (networks, pseudo-inputs, ...).
-    svi_state = jax.jit(lambda key, x: svi.init(key, x, *model_args, _kl_weight=one,
-                                                **model_kwargs))(key_init, head[:run_batch_size])
+        check_resume(checkpoint_dir, "numpyro", config, _shape_signature(shapes[1]))
+    svi_state = jax.jit(init)(key_init, head[:run_batch_size])
     # The initial parameters are the networks' own arrays (eqx_module's init values): copy
     # them, since the epoch donates the state's buffers.
     svi_state = jax.tree_util.tree_map(jnp.copy, svi_state)

@@ -457,7 +457,7 @@ class _Engine:
         return {"optimizer": {"param_groups": param_groups}, "world_size": self.world,
                 "versions": {"torch": torch.__version__, "pyro": pyro.__version__}}
 
-    def load_state(self, arrays, meta):
+    def load_state(self, arrays, meta, path):
         _load_param_state(_group(arrays, "params", self.device))
         options = {k: v for k, v in self.optimizer.param_groups[0].items()
                    if k in ("lr", "fused", "foreach")}

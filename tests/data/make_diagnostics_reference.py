@@ -1,7 +1,9 @@
 """Write diagnostics_reference.json: what ArviZ 0.x gives for the inputs of
 tests/test_diagnostics_versions.py. Run it under ArviZ 0.23 (Python 3.11 here):
 
-    python tests/data/make_diagnostics_reference.py
+    PYTHONPATH=tests python tests/data/make_diagnostics_reference.py
+
+(``PYTHONPATH=tests``: it imports the test module's inputs.)
 """
 
 import json
@@ -9,13 +11,11 @@ import sys
 from pathlib import Path
 
 import arviz
+import test_diagnostics_versions as t
+
+from ppl_vae import diagnostics
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))  # the test module, a sibling folder
-
-import test_diagnostics_versions as t  # noqa: E402
-
-from ppl_vae import diagnostics  # noqa: E402
 
 if int(arviz.__version__.split(".")[0]) >= 1:
     sys.exit(f"run this under ArviZ 0.x; found {arviz.__version__}")
