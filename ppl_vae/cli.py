@@ -102,7 +102,10 @@ def build_parser(prog=None):
                    help="Pyro (torch) or NumPyro (JAX) implementation")
     p.add_argument("--model", choices=list(experiment.MODELS), default=d.model,
                    help="one stochastic layer (VAE) or two (HVAE: q(z2|x) q(z1|x,z2), the prior "
-                        "on z2, p(z1|z2) learned), both with --latent-dim units per layer")
+                        "on z2, p(z1|z2) learned), both with --latent-dim units per layer; "
+                        "convhvae / pixelhvae: the HVAE with the paper's convolutional encoders "
+                        "and a gated convolutional / PixelCNN decoder (--hidden: their dense "
+                        "layers)")
     p.add_argument("--prior", nargs="+", choices=PRIORS, default=list(d.prior),
                    help="one or more priors to train, each a separate VAE")
     p.add_argument("--dataset", type=_dataset_name, choices=DATASET_NAMES, default=d.dataset,

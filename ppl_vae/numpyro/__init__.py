@@ -21,6 +21,14 @@ from ppl_vae.numpyro.ais import (
     ais_schedule,
     bdmc_bounds,
 )
+from ppl_vae.numpyro.conv import (
+    ConvDecoder,
+    ConvEncoder,
+    GatedConv2d,
+    MaskedConv2d,
+    PixelCNNDecoder,
+    sample_pixelcnn,
+)
 from ppl_vae.numpyro.evaluation import (
     importance_log_likelihood,
     importance_log_weights,
@@ -86,4 +94,10 @@ __all__ = [
     "ConditionalGaussian",
     "MultiInputDecoder",
     "hvae_posterior_means",
+    "GatedConv2d",
+    "MaskedConv2d",
+    "ConvEncoder",
+    "ConvDecoder",
+    "PixelCNNDecoder",
+    "sample_pixelcnn",
 ]

@@ -22,6 +22,7 @@ from ppl_vae.errors import ConfigError, Setting
 from ppl_vae.guides.hvae_numpyro import hvae_guide
 from ppl_vae.guides.vae_numpyro import vae_guide
 from ppl_vae.models.hvae_numpyro import hvae_model
+from ppl_vae.models.pixelhvae_numpyro import pixelhvae_model
 from ppl_vae.models.vae_numpyro import vae_model
 from ppl_vae.numpyro.training import _key_data
 
@@ -91,6 +92,10 @@ class Runner:
             encoder = pv.Encoder(D, L, H, c.gated, rng_key=keys[_ENCODER])  # q(z|x)
             decoder = pv.Decoder(L, D, H, c.gated, params_per_pixel=P, rng_key=keys[_DECODER])
             networks = {"encoder": encoder, "decoder": decoder}
+        elif c.model in ("convhvae", "pixelhvae"):  # the HVAE with the paper's conv networks
+            networks = _conv_networks(c, keys, D, L, H, P)
+            encoder, z1_encoder = networks["encoder"], networks["z1_encoder"]
+            z1_prior, decoder = networks["z1_prior"], networks["decoder"]
         else:  # two stochastic layers, L + L latents; the prior is on the top one, z2
             encoder = pv.ConditionalGaussian(D, L, H, c.gated, rng_key=keys[_ENCODER])  # q(z2|x)
             z1_encoder = pv.ConditionalGaussian((D, L), L, H, c.gated,
@@ -113,7 +118,8 @@ class Runner:
             model = partial(vae_model, decoder=decoder, prior=prior, likelihood=likelihood)
             guide = partial(vae_guide, encoder=encoder)
         else:
-            model = partial(hvae_model, decoder=decoder, z1_prior=z1_prior, prior=prior,
+            program = pixelhvae_model if c.model == "pixelhvae" else hvae_model
+            model = partial(program, decoder=decoder, z1_prior=z1_prior, prior=prior,
                             likelihood=likelihood)
             guide = partial(hvae_guide, encoder=encoder, z1_encoder=z1_encoder)
         return Built(model, guide, prior, networks, likelihood)
@@ -162,9 +168,16 @@ class Runner:
             else:  # decode the means of p(z1|z2) and of q(z1|x,z2) at q(z2|x)'s mean
                 enc1 = eqx_module("z1_encoder", nets["z1_encoder"])
                 prior1 = eqx_module("z1_prior", nets["z1_prior"])
-                samples = _mean_image(likelihood(dec(prior1(z)[0], z)))
                 z2 = enc(test[:10])[0]
-                recon = _mean_image(likelihood(dec(enc1(test[:10], z2)[0], z2)))
+                if c.model == "pixelhvae":  # ancestral sampling, pixel by pixel
+                    key = random.PRNGKey(c.seed)
+                    samples = _pixel_means(random.fold_in(key, 1), dec, likelihood,
+                                           prior1(z)[0], z)
+                    recon = _pixel_means(random.fold_in(key, 2), dec, likelihood,
+                                         enc1(test[:10], z2)[0], z2)
+                else:
+                    samples = _mean_image(likelihood(dec(prior1(z)[0], z)))
+                    recon = _mean_image(likelihood(dec(enc1(test[:10], z2)[0], z2)))
                 z1_means, z2_means = pv.hvae_posterior_means(
                     self.keys[_MEANS], nets["encoder"], nets["z1_encoder"], test,
                     params=result.params)
@@ -172,7 +185,7 @@ class Runner:
                 layers = {"z1": z1_means, "z2": z2_means}
             pseudo = (eqx_module("pseudo_inputs", prior.pseudo_inputs)()
                       if hasattr(prior, "pseudo_inputs") else None)
-            train_codes = enc(train)[0]
+            train_codes = _encode(enc, train)
         return dict(samples=np.asarray(samples), reconstructions=np.asarray(recon),
                     pseudo_inputs=None if pseudo is None else np.asarray(pseudo),
                     train_codes=np.asarray(train_codes), test_codes=np.asarray(test_codes),
@@ -187,3 +200,36 @@ def _prior_locs(p_z):
     if locs is None and hasattr(p_z, "component_distribution"):
         locs = p_z.component_distribution.base_dist.loc
     return None if locs is None else np.asarray(locs)
+
+
+def _conv_networks(c, keys, D, L, H, P):
+    """The convHVAE's or the PixelHVAE's networks (:mod:`ppl_vae.numpyro.conv`), the
+    reference's layer sizes with ``hidden`` for its dense widths (300)."""
+    shape = tuple(c.image_shape)
+    if shape[0] * shape[1] != D:
+        raise ConfigError(Setting("image_shape"), f" {shape} does not hold the {D} pixels of "
+                          "an image")
+    decoder = (pv.ConvDecoder(shape, (L, L), H[0], params_per_pixel=P, rng_key=keys[_DECODER])
+               if c.model == "convhvae" else
+               pv.PixelCNNDecoder(shape, (L, L), params_per_pixel=P, rng_key=keys[_DECODER]))
+    return {"encoder": pv.ConvEncoder(shape, L, rng_key=keys[_ENCODER]),  # q(z2|x)
+            "z1_encoder": pv.ConvEncoder(shape, L, cond_dim=L, hidden_dim=H[-1],
+                                         kernel_sizes=(3,) * 5,
+                                         rng_key=keys[_Z1_ENCODER]),  # q(z1|x,z2)
+            "z1_prior": pv.ConditionalGaussian(L, L, H, c.gated, rng_key=keys[_Z1_PRIOR]),
+            "decoder": decoder}  # p(x|z1,z2)
+
+
+def _encode(encoder, x, batch_size=1000):
+    """q(z|x)'s means of ``x`` ``(N, D)``, ``batch_size`` rows at a time (a convolutional
+    encoder's activations for 50,000 images at once would take gigabytes)."""
+    encode = jax.jit(lambda xb: encoder(xb)[0])
+    return np.concatenate([np.asarray(encode(x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)])
+
+
+def _pixel_means(key, decoder, likelihood, z1, z2):
+    """Ancestral samples of a PixelCNN decoder, shown as the reference shows them: the means
+    of each pixel's conditional given the sampled pixels before it."""
+    x = pv.sample_pixelcnn(key, decoder, z1, z2, likelihood=likelihood)
+    return _mean_image(likelihood(decoder(x, z1, z2)))

@@ -18,6 +18,14 @@ from ppl_vae.pyro.ais import (
     ais_schedule,
     bdmc_bounds,
 )
+from ppl_vae.pyro.conv import (
+    ConvDecoder,
+    ConvEncoder,
+    GatedConv2d,
+    MaskedConv2d,
+    PixelCNNDecoder,
+    sample_pixelcnn,
+)
 from ppl_vae.pyro.evaluation import (
     importance_log_likelihood,
     importance_log_weights,
@@ -83,4 +91,10 @@ __all__ = [
     "ConditionalGaussian",
     "MultiInputDecoder",
     "hvae_posterior_means",
+    "GatedConv2d",
+    "MaskedConv2d",
+    "ConvEncoder",
+    "ConvDecoder",
+    "PixelCNNDecoder",
+    "sample_pixelcnn",
 ]

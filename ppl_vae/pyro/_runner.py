@@ -19,6 +19,7 @@ from ppl_vae.errors import ConfigError, Setting
 from ppl_vae.guides.hvae_pyro import hvae_guide
 from ppl_vae.guides.vae_pyro import vae_guide
 from ppl_vae.models.hvae_pyro import hvae_model
+from ppl_vae.models.pixelhvae_pyro import pixelhvae_model
 from ppl_vae.models.vae_pyro import vae_model
 
 
@@ -81,6 +82,10 @@ class Runner:
             encoder = pv.Encoder(D, L, H, c.gated)  # q(z|x)
             decoder = pv.Decoder(L, D, H, c.gated, params_per_pixel=P)  # p(x|z)
             networks = {"encoder": encoder, "decoder": decoder}
+        elif c.model in ("convhvae", "pixelhvae"):  # the HVAE with the paper's conv networks
+            networks = _conv_networks(c, D, L, H, P)
+            encoder, z1_encoder = networks["encoder"], networks["z1_encoder"]
+            z1_prior, decoder = networks["z1_prior"], networks["decoder"]
         else:  # two stochastic layers, L + L latents; the prior is on the top one, z2
             encoder = pv.ConditionalGaussian(D, L, H, c.gated)  # q(z2|x)
             z1_encoder = pv.ConditionalGaussian((D, L), L, H, c.gated)  # q(z1|x,z2)
@@ -101,7 +106,8 @@ class Runner:
             model = partial(vae_model, decoder=decoder, prior=prior, likelihood=likelihood)
             guide = partial(vae_guide, encoder=encoder)
         else:
-            model = partial(hvae_model, decoder=decoder, z1_prior=z1_prior, prior=prior,
+            program = pixelhvae_model if c.model == "pixelhvae" else hvae_model
+            model = partial(program, decoder=decoder, z1_prior=z1_prior, prior=prior,
                             likelihood=likelihood)
             guide = partial(hvae_guide, encoder=encoder, z1_encoder=z1_encoder)
         for module in (*networks.values(), prior):
@@ -149,7 +155,7 @@ class Runner:
             p_z = prior()
             z = p_z.sample((100,))
             pseudo = prior.pseudo_inputs() if hasattr(prior, "pseudo_inputs") else None
-            train_codes = encoder(torch.as_tensor(train, device=self.device))[0]
+            train_codes = _encode(encoder, torch.as_tensor(train, device=self.device))
             if self.config.model == "vae":
                 samples = _mean_image(likelihood(decoder(z)))
                 recon = _mean_image(likelihood(decoder(encoder(x_test[:10])[0])))
@@ -157,9 +163,13 @@ class Runner:
                 layers = {"z": _to_numpy(test_codes)}
             else:  # decode the means of p(z1|z2) and of q(z1|x,z2) at q(z2|x)'s mean
                 z1_prior, z1_encoder = nets["z1_prior"], nets["z1_encoder"]
-                samples = _mean_image(likelihood(decoder(z1_prior(z)[0], z)))
                 z2 = encoder(x_test[:10])[0]
-                recon = _mean_image(likelihood(decoder(z1_encoder(x_test[:10], z2)[0], z2)))
+                if self.config.model == "pixelhvae":  # ancestral sampling, pixel by pixel
+                    samples = _pixel_means(decoder, likelihood, z1_prior(z)[0], z)
+                    recon = _pixel_means(decoder, likelihood, z1_encoder(x_test[:10], z2)[0], z2)
+                else:
+                    samples = _mean_image(likelihood(decoder(z1_prior(z)[0], z)))
+                    recon = _mean_image(likelihood(decoder(z1_encoder(x_test[:10], z2)[0], z2)))
                 z1_means, z2_means = pv.hvae_posterior_means(encoder, z1_encoder, x_test)
                 test_codes = torch.as_tensor(z2_means)
                 layers = {"z1": z1_means, "z2": z2_means}
@@ -176,3 +186,32 @@ def _prior_locs(p_z):
     if locs is None and hasattr(p_z, "component_distribution"):
         locs = p_z.component_distribution.base_dist.loc
     return locs
+
+
+def _conv_networks(c, D, L, H, P):
+    """The convHVAE's or the PixelHVAE's networks (:mod:`ppl_vae.pyro.conv`), the reference's
+    layer sizes with ``hidden`` for its dense widths (300)."""
+    shape = tuple(c.image_shape)
+    if shape[0] * shape[1] != D:
+        raise ConfigError(Setting("image_shape"), f" {shape} does not hold the {D} pixels of "
+                          "an image")
+    decoder = (pv.ConvDecoder(shape, (L, L), H[0], params_per_pixel=P)
+               if c.model == "convhvae" else pv.PixelCNNDecoder(shape, (L, L), params_per_pixel=P))
+    return {"encoder": pv.ConvEncoder(shape, L),  # q(z2|x), also the VampPrior's
+            "z1_encoder": pv.ConvEncoder(shape, L, cond_dim=L, hidden_dim=H[-1],
+                                         kernel_sizes=(3,) * 5),  # q(z1|x,z2)
+            "z1_prior": pv.ConditionalGaussian(L, L, H, c.gated),  # p(z1|z2)
+            "decoder": decoder}  # p(x|z1,z2)
+
+
+def _encode(encoder, x, batch_size=1000):
+    """q(z|x)'s means of ``x`` ``(N, D)``, ``batch_size`` rows at a time (a convolutional
+    encoder's activations for 50,000 images at once would take gigabytes)."""
+    return torch.cat([encoder(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
+
+
+def _pixel_means(decoder, likelihood, z1, z2):
+    """Ancestral samples of a PixelCNN decoder, shown as the reference shows them: the means
+    of each pixel's conditional given the sampled pixels before it."""
+    x = pv.sample_pixelcnn(decoder, z1, z2, likelihood=likelihood)
+    return _mean_image(likelihood(decoder(x, z1, z2)))
