@@ -10,6 +10,13 @@ seed report's and the paper's numbers to ``<out>/table1.md`` and ``<out>/table1.
 The budget per dataset is in ``BUDGETS`` (epochs, warm-up, test images, importance samples):
 the small datasets (Frey Faces, Caltech 101) train for hundreds of epochs; the 50,000-image
 ones for a few dozen on a 2-core CPU. An interrupted run continues with ``--resume``.
+
+``--models`` runs other models at the same budget, each in its own folder
+(``<out>/<dataset>/<model>``; the one-layer VAE stays at ``<out>/<dataset>``), e.g. the
+paper's convolutional models beside the MLP HVAE (issue 24)::
+
+    python benchmarks/table1.py --only freyfaces --models hvae convhvae pixelhvae \
+        --priors standard vamp --backend pyro --out out/conv --resume
 """
 
 import argparse
@@ -52,42 +59,49 @@ def main(argv=None):
     p.add_argument("--backend", default="numpyro", choices=["pyro", "numpyro"])
     p.add_argument("--only", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--models", nargs="+", default=["vae"],
+                   choices=["vae", "hvae", "convhvae", "pixelhvae"],
+                   help="models to run at each dataset's budget (default: the one-layer VAE)")
+    p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
     args = p.parse_args(argv)
     out = Path(args.out)
     results = {}
     for dataset in args.only:
         epochs, warmup, max_test, samples = BUDGETS[dataset]
-        run_dir = out / dataset
-        cmd = [sys.executable, str(ROOT / "examples" / "vamp_mnist.py"), "--backend",
-               args.backend, "--dataset", dataset, "--data-dir", args.data_dir, "--prior",
-               *PRIORS, "--epochs", str(epochs), "--warmup", str(warmup), "--early-stopping",
-               "0", "--eval-samples", str(samples), "--no-progress", "--out", str(run_dir)]
-        if max_test:
-            cmd += ["--max-test", str(max_test)]
-        if args.resume:
-            cmd.append("--resume")
-        print(" ".join(cmd), flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT)
-        print(f"{dataset}: exit {proc.returncode} after {time.perf_counter() - t0:.0f} s",
-              flush=True)
-        metrics = run_dir / "metrics.json"
-        if metrics.exists():
-            results[dataset] = json.loads(metrics.read_text())
+        for model in args.models:
+            run_dir = out / dataset if model == "vae" else out / dataset / model
+            cmd = [sys.executable, str(ROOT / "examples" / "vamp_mnist.py"), "--backend",
+                   args.backend, "--model", model, "--dataset", dataset, "--data-dir",
+                   args.data_dir, "--prior", *args.priors, "--epochs", str(epochs),
+                   "--warmup", str(warmup), "--early-stopping", "0", "--eval-samples",
+                   str(samples), "--no-progress", "--out", str(run_dir)]
+            if max_test:
+                cmd += ["--max-test", str(max_test)]
+            if args.resume:
+                cmd.append("--resume")
+            print(" ".join(cmd), flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=ROOT)
+            print(f"{dataset} {model}: exit {proc.returncode} after "
+                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+            metrics = run_dir / "metrics.json"
+            if metrics.exists():
+                results.setdefault(dataset, []).extend(json.loads(metrics.read_text()))
     write_table(out, results)
 
 
 def write_table(out, results):
-    rows = ["| dataset | budget | prior | test LL (ours) | ± | seed report | paper | k-hat > 0.7 "
-            "| train s |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| dataset | budget | model | prior | test LL (ours) | ± | seed report | paper "
+            "| k-hat > 0.7 | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for dataset, records in results.items():
         epochs, warmup, max_test, samples = BUDGETS[dataset]
         budget = (f"{epochs} ep ({warmup} warm-up), {samples} IS, "
                   f"{'all' if max_test is None else max_test} test")
         for r in records:
             i = PRIORS.index(r["prior"])
-            seed = SEED_REPORT.get(dataset, (None,) * 3)[i]
-            paper = PAPER.get(dataset, (None, None, None))[i] if i < 2 else None
+            vae = r.get("model", "vae") == "vae"  # the seed report's and paper's rows are VAEs
+            seed = SEED_REPORT.get(dataset, (None,) * 3)[i] if vae else None
+            paper = PAPER.get(dataset, (None, None, None))[i] if i < 2 and vae else None
             ll = r.get("test_log_likelihood")
             if ll is not None and dataset == "freyfaces":
                 bpd = -ll / (560 * math.log(2))  # nats per image -> bits per dimension
@@ -96,7 +110,7 @@ def write_table(out, results):
                 ll_text = "diverged" if ll is None else f"{ll:.2f}"
             khat = r.get("khat_above_0_7")
             rows.append(
-                f"| {dataset} | {budget} | {r['prior']} | {ll_text} | "
+                f"| {dataset} | {budget} | {r.get('model', 'vae')} | {r['prior']} | {ll_text} | "
                 f"{r.get('test_log_likelihood_sem') or 0:.2f} | "
                 f"{'-' if seed is None else seed} | {'-' if paper is None else paper} | "
                 f"{'-' if khat is None else f'{100 * khat:.1f}%'} | "
