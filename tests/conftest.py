@@ -67,7 +67,6 @@ def float64():
     torch.set_default_dtype(previous)
 
 
-
 @pytest.fixture(scope="session", autouse=True)
 def _jax_compilation_cache(tmp_path_factory):
     """One compilation per distinct program for the whole session: XLA's executables go to a
