@@ -30,41 +30,10 @@ modules registered with ``eqx_module`` (``"decoder"``, ``"z1_prior"``); the guid
 
 import numpyro
 from numpyro.contrib.module import eqx_module
-from numpyro.distributions import Distribution, Normal
+from numpyro.distributions import Normal
 
+from ppl_vae.models.hvae_numpyro import _check_value, _sizes, _top_prior
 from ppl_vae.numpyro import bernoulli
-
-
-def _sizes(decoder, z1_prior):
-    """(L1, L2) from the decoder, checked against p(z1 | z2)."""
-    dims = getattr(decoder, "input_dims", None)
-    if dims is not None and len(dims) != 2:
-        raise ValueError(
-            f"decoder must take two latents (z1, z2); its input_dims are {tuple(dims)}."
-        )
-    l1, l2 = dims if dims is not None else (None, None)
-    prior_in = getattr(z1_prior, "input_dims", None)
-    prior_out = getattr(z1_prior, "latent_dim", None)
-    if prior_in is not None and l2 is not None and tuple(prior_in) != (l2,):
-        raise ValueError(
-            f"z1_prior must take z2 alone, of size {l2} (the decoder's z2 size); its "
-            f"input_dims are {tuple(prior_in)}."
-        )
-    if prior_out is not None and l1 is not None and prior_out != l1:
-        raise ValueError(
-            f"z1_prior's latent_dim ({prior_out}) must equal the decoder's z1 size ({l1})."
-        )
-    return l1, l2
-
-
-def _check_value(name, value, size):
-    # Shapes are static under jit, so this check runs at trace time.
-    if size is not None and value.shape[-1:] != (size,):
-        raise ValueError(
-            f"site {name!r} has size {value.shape[-1]} (its value has shape "
-            f"{tuple(value.shape)}, e.g. from the guide) but the decoder expects {size}: the "
-            "latent sizes of model and guide do not match."
-        )
 
 
 def pixelhvae_model(x, *, decoder, z1_prior, prior, likelihood=bernoulli):
@@ -85,17 +54,11 @@ def pixelhvae_model(x, *, decoder, z1_prior, prior, likelihood=bernoulli):
     dec = eqx_module("decoder", decoder)
     p_z1_net = eqx_module("z1_prior", z1_prior)
     l1, l2 = _sizes(decoder, z1_prior)
-    p_z2 = prior if isinstance(prior, Distribution) else prior()
-    if p_z2.batch_shape != () or (l2 is not None and p_z2.event_shape != (l2,)):
-        raise ValueError(
-            f"prior must have batch_shape () and event_shape ({l2},) to match the decoder's "
-            f"z2 size; got batch_shape {tuple(p_z2.batch_shape)} and event_shape "
-            f"{tuple(p_z2.event_shape)}."
-        )
+    p_z2 = _top_prior(prior, l2)
     with numpyro.plate("data", x.shape[0]):
         z2 = numpyro.sample("z2", p_z2)  # (N, L2)
-        _check_value("z2", z2, l2)
+        _check_value("z2", z2, l2, "prior, z1_prior and decoder")
         loc, scale = p_z1_net(z2)  # (N, L1) each
         z1 = numpyro.sample("z1", Normal(loc, scale).to_event(1))
-        _check_value("z1", z1, l1)
+        _check_value("z1", z1, l1, "z1_prior and decoder")
         numpyro.sample("x", likelihood(dec(x, z1, z2)), obs=x)

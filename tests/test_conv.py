@@ -418,6 +418,25 @@ def _twin_weights(backend, conv, twin, paths):
     return twin
 
 
+def test_pixelhvae_program_refuses_networks_that_disagree(backend):
+    """The PixelHVAE's program checks sizes with the HVAE's own checks, before any sampling:
+    a p(z1 | z2) whose z1 is not the decoder's, a prior whose z2 is not the decoder's."""
+    L, shape = 4, (3, 2)
+    decoder = backend.net("PixelCNNDecoder", shape, (L, L), channels=4, num_layers=1, seed=3)
+    x = backend.array(np.zeros((2, 6), np.float32))
+    program = importlib.import_module(f"ppl_vae.models.pixelhvae_{backend.name}").pixelhvae_model
+    if backend.name == "numpyro":  # (its networks' parameters are registered under a seed)
+        program = backend.ppl.handlers.seed(program, 0)
+    wrong_z1 = backend.net("ConditionalGaussian", L, L - 1, (8,), seed=2)
+    with pytest.raises(ValueError, match=r"z1_prior's latent_dim \(3\) must equal the "
+                       r"decoder's z1 size \(4\)"):
+        program(x, decoder=decoder, z1_prior=wrong_z1, prior=backend.lib.StandardNormalPrior(L))
+    z1_prior = backend.net("ConditionalGaussian", L, L, (8,), seed=2)
+    with pytest.raises(ValueError, match=r"prior must have batch_shape \(\) and "
+                       r"event_shape \(4,\)"):
+        program(x, decoder=decoder, z1_prior=z1_prior, prior=backend.lib.StandardNormalPrior(L + 1))
+
+
 # ---------------------------------------------------------------------------- training
 @pytest.mark.parametrize("model_name", ["convhvae", "pixelhvae"])
 def test_training_lowers_the_loss(backend, model_name):
