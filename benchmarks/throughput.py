@@ -195,7 +195,15 @@ def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K, trai
     enc, dec = pv.Encoder(INPUT, LATENT, (HIDDEN, HIDDEN)), pv.Decoder(LATENT, INPUT, (HIDDEN, HIDDEN))
     prior = pv.LearnedVampPrior(enc, num_pseudo) if prior_kind == "vamp" else pv.StandardNormalPrior(LATENT)
     model, guide = partial(vae_model, decoder=dec, prior=prior), partial(vae_guide, encoder=enc)
-    elbo = elbo_cls()
+    run = _pyro_steps(model, guide, data, elbo_cls(), trained)
+    _train(run, data, train_epochs)
+    return run
+
+
+def _pyro_steps(model, guide, data, elbo, trained=None):
+    """``run(steps)``: ``fit``'s inner step of ``model``/``guide`` (the ELBO's differentiable
+    loss, backward, fit's Adam) on ``steps`` minibatches of ``data``; ``trained``: a
+    :func:`load_trained_state` dict to start from."""
     with pyro.poutine.trace(param_only=True) as capture:
         elbo.differentiable_loss(model, guide, data[:2])
     params = [s["value"].unconstrained() for s in capture.trace.nodes.values()]
@@ -215,7 +223,6 @@ def pyro_runner(data, elbo_cls=Trace_ELBO, prior_kind="vamp", num_pseudo=K, trai
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-    _train(run, data, train_epochs)
     return run
 
 
@@ -462,11 +469,19 @@ def _conv_nets(model):
             else pv.PixelCNNDecoder(shape, (L, L))}
 
 
-def _conv_programs(model, nets, prior):
+def _conv_programs(model, device="cpu"):
+    """ppl_vae's Pyro model and guide of ``model`` with a VampPrior, on ``device``, from a
+    fresh param store and seed 0."""
     from ppl_vae.guides.hvae_pyro import hvae_guide
     from ppl_vae.models.hvae_pyro import hvae_model
     from ppl_vae.models.pixelhvae_pyro import pixelhvae_model
 
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    nets = _conv_nets(model)
+    prior = pv.LearnedVampPrior(nets["encoder"], K)
+    for net in (*nets.values(), prior):
+        net.to(device)
     program = pixelhvae_model if model == "pixelhvae" else hvae_model
     return (partial(program, decoder=nets["decoder"], z1_prior=nets["z1_prior"], prior=prior),
             partial(hvae_guide, encoder=nets["encoder"], z1_encoder=nets["z1_encoder"]))
@@ -510,29 +525,8 @@ def _synced(run, device):
 def conv_pyro_runner(data, model, device="cpu"):
     """ppl_vae's Pyro step of the convHVAE / PixelHVAE: ``fit``'s inner step (Trace_ELBO's
     differentiable loss of the programs, backward, fit's Adam)."""
-    pyro.clear_param_store()
-    torch.manual_seed(0)
-    nets = _conv_nets(model)
-    prior = pv.LearnedVampPrior(nets["encoder"], K)
-    for net in (*nets.values(), prior):
-        net.to(device)
-    m, g = _conv_programs(model, nets, prior)
-    elbo = Trace_ELBO()
-    with pyro.poutine.trace(param_only=True) as capture:
-        elbo.differentiable_loss(m, g, data[:2])
-    opt = fit_adam([s["value"].unconstrained() for s in capture.trace.nodes.values()], LR)
-    gen = torch.Generator().manual_seed(0)
-    state = pyro.get_param_store().get_state()
-
-    def run(steps):
-        pyro.get_param_store().clear()
-        pyro.get_param_store().set_state(state)
-        for x in _batches(data, steps, gen):
-            loss = elbo.differentiable_loss(m, g, x)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return _synced(run, device)
+    m, g = _conv_programs(model, device)
+    return _synced(_pyro_steps(m, g, data, Trace_ELBO()), device)
 
 
 def conv_torch_runner(data, model, device="cpu"):
@@ -571,13 +565,7 @@ def conv_torch_runner(data, model, device="cpu"):
 
 
 def conv_pyro_eval(x, model, num_samples, device="cpu"):
-    pyro.clear_param_store()
-    torch.manual_seed(0)
-    nets = _conv_nets(model)
-    prior = pv.LearnedVampPrior(nets["encoder"], K)
-    for net in (*nets.values(), prior):
-        net.to(device)
-    m, g = _conv_programs(model, nets, prior)
+    m, g = _conv_programs(model, device)
     return lambda: pv.importance_log_likelihood(m, g, x, num_samples=num_samples)
 
 
