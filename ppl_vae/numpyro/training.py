@@ -570,12 +570,15 @@ def fit(rng_key, model, guide, train_data, valid_data=None, *, num_epochs=100, b
         return svi.init(key, x, *model_args, _kl_weight=one, **model_kwargs)
 
     # The parameters' and the optimizer state's shapes, traced without compiling: what a
-    # resume is checked against before the (slow) compilation.
+    # resume is checked against before the (slow) compilation, and what an optax
+    # optimizer is recorded by. (Not needed otherwise: the engine reads them off the state.)
     def shapes_of(key, x):
         state = init(key, x)
         return state.optim_state, svi.get_params(state)
 
-    shapes = jax.eval_shape(shapes_of, key_init, head[:run_batch_size])
+    shapes = None
+    if settings["resume"] or optimizer_record == "optax":
+        shapes = jax.eval_shape(shapes_of, key_init, head[:run_batch_size])
     if optimizer_record == "optax":
         optimizer_record = _optax_record(shapes[0])
     config = run_config(
