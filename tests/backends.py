@@ -21,9 +21,14 @@ from functools import partial
 import numpy as np
 from scipy import stats
 
-__all__ = ["get", "BACKENDS", "patterns", "prototypes", "ppca_params", "ppca_log_px",
-           "linear_hvae_params", "linear_hvae_log_px", "pyro_example_vae",
+__all__ = ["get", "BACKENDS", "FAST_COMPILE", "patterns", "prototypes", "ppca_params",
+           "ppca_log_px", "linear_hvae_params", "linear_hvae_log_px", "pyro_example_vae",
            "numpyro_example_vae", "F32_EPS", "U32", "SIGMA"]
+
+#: XLA's backend optimisations off: the tests' programs are small, and compiling them is most
+#: of the NumPyro tests' time (a third less this way). ``conftest.py`` sets it for the test
+#: process (and so for the runs it launches); every program compared is compiled the same way.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 BACKENDS = ("pyro", "numpyro")
 F32_EPS = float(np.finfo(np.float32).eps)  # 2^-23

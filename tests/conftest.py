@@ -11,14 +11,13 @@ import os
 import sys
 from pathlib import Path
 
-# XLA's backend optimisations off, before JAX starts (and for the runs the tests launch, which
-# inherit it): the tests' programs are small, compiling them is most of the NumPyro tests'
-# time, and unoptimised it is a third shorter. A value the caller set is kept.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
-
 import backends
 import numpy as np
 import pytest
+
+# backends.FAST_COMPILE before JAX starts (and for the runs the tests launch, which inherit
+# it); a value the caller set is kept.
+os.environ.setdefault("XLA_FLAGS", backends.FAST_COMPILE)
 
 REPO = Path(__file__).resolve().parents[1]
 STATIC_MNIST = REPO.parent / "shared" / "data" / "static_mnist.npz"

@@ -42,7 +42,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from backends import get
+from backends import FAST_COMPILE, get
 
 from ppl_vae.checkpoint import load_checkpoint
 
@@ -55,9 +55,6 @@ _spec.loader.exec_module(W)
 U = 2.0**-24  # float32 unit round-off
 R = 2 * (W.D + sum(W.HIDDEN)) + W.L + sum(W.HIDDEN)  # terms summed along a log-weight
 EVAL_TOL = 2 * R * U
-# Compiling is what the NumPyro runs cost; XLA's backend optimisations off make it a third
-# cheaper, and every program compared is compiled the same way.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
 def _gloo():
