@@ -11,7 +11,8 @@ The budget per dataset is in ``BUDGETS`` (epochs, warm-up, test images, importan
 the small datasets (Frey Faces, Caltech 101) train for hundreds of epochs; the 50,000-image
 ones for a few dozen on a 2-core CPU. An interrupted run continues with ``--resume``.
 
-``--models`` runs other models at the same budget, each in its own folder
+``--table-only`` trains nothing and writes the table of what ``--out`` holds. ``--models`` runs
+other models at the same budget, each in its own folder
 (``<out>/<dataset>/<model>``; the one-layer VAE stays at ``<out>/<dataset>``), e.g. the
 paper's convolutional models beside the MLP HVAE (issue 24)::
 
@@ -63,6 +64,9 @@ def main(argv=None):
                    choices=["vae", "hvae", "convhvae", "pixelhvae"],
                    help="models to run at each dataset's budget (default: the one-layer VAE)")
     p.add_argument("--priors", nargs="+", default=list(PRIORS), choices=PRIORS)
+    p.add_argument("--table-only", action="store_true",
+                   help="train nothing: write the table of the runs already in --out (each "
+                        "model's metrics.json keeps every prior run into its folder)")
     args = p.parse_args(argv)
     out = Path(args.out)
     results = {}
@@ -79,14 +83,16 @@ def main(argv=None):
                 cmd += ["--max-test", str(max_test)]
             if args.resume:
                 cmd.append("--resume")
-            print(" ".join(cmd), flush=True)
-            t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT)
-            print(f"{dataset} {model}: exit {proc.returncode} after "
-                  f"{time.perf_counter() - t0:.0f} s", flush=True)
+            if not args.table_only:
+                print(" ".join(cmd), flush=True)
+                t0 = time.perf_counter()
+                proc = subprocess.run(cmd, cwd=ROOT)
+                print(f"{dataset} {model}: exit {proc.returncode} after "
+                      f"{time.perf_counter() - t0:.0f} s", flush=True)
             metrics = run_dir / "metrics.json"
             if metrics.exists():
-                results.setdefault(dataset, []).extend(json.loads(metrics.read_text()))
+                results.setdefault(dataset, []).extend(
+                    r for r in json.loads(metrics.read_text()) if r["prior"] in args.priors)
     write_table(out, results)
 
 

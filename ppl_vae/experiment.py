@@ -13,7 +13,9 @@ What ``examples/vamp_mnist.py`` and ``python -m ppl_vae`` run (their flags are t
 
 :func:`run` checks everything before the first training step (the config, the data, the
 device, every prior's checkpoint on ``resume``), then trains and evaluates each prior in turn
-and writes to ``config.out``: ``metrics.json`` (one record per prior, rewritten after each),
+and writes to ``config.out``: ``metrics.json`` (one record per prior, rewritten after each;
+the records of other priors from an earlier run of the same dataset, model and backend into
+the folder are kept),
 ``inference_data.nc`` (ArviZ), ``elbo_curves.png``, per prior ``samples_<prior>.png``,
 ``reconstructions_<prior>.png`` and (VampPriors) ``pseudo_inputs_<prior>.png``, and the
 checkpoints under ``checkpoints/<prior>/``. A prior whose training diverges is recorded as
@@ -528,8 +530,16 @@ class Experiment:
                     latent_gmm_components=int(np.sum(gmm.weights_ > 1e-2)))
 
     def _write_metrics(self):
-        with open(self.out / "metrics.json", "w") as f:
-            json.dump(self.records, f, indent=2, default=str)
+        """Write this run's records to ``metrics.json``, after the records of other priors
+        that an earlier run of the same dataset, model and backend left there (a prior run on
+        its own into the folder adds to the file; a prior run again replaces its record)."""
+        path, c = self.out / "metrics.json", self.config
+        mine = {r["prior"] for r in self.records}
+        kept = [r for r in _earlier_records(path) if r.get("prior") not in mine
+                and (r.get("dataset"), r.get("model"), r.get("backend"))
+                == (c.dataset, c.model, c.backend)]
+        with open(path, "w") as f:
+            json.dump(kept + self.records, f, indent=2, default=str)
 
     # ------------------------------------------------------------------ all priors
     def finish(self):
@@ -831,6 +841,17 @@ class TrainedRun(NamedTuple):
 
         return nv.importance_log_likelihood(random.PRNGKey(seed), self.model, self.guide,
                                             data, num_samples=num_samples, params=self.params)
+
+
+def _earlier_records(path):
+    """The records of an existing ``metrics.json`` (JSON only), or ``[]`` when there is none
+    or it is not a list of records (a file of another program is replaced, never trusted)."""
+    try:
+        records = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return []
+    ok = isinstance(records, list) and all(isinstance(r, dict) for r in records)
+    return records if ok else []
 
 
 def load_run(path):

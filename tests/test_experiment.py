@@ -72,6 +72,29 @@ def test_run_from_python_and_load_the_trained_model_back(backend, tmp_path, caps
     assert abs(log_px.mean() - record["test_log_likelihood"]) < 2.0
 
 
+def test_priors_run_one_at_a_time_into_one_folder_keep_each_others_records(tmp_path):
+    """A prior run on its own into a folder that holds another prior's results adds its
+    record to metrics.json; running a prior again replaces its own record; a run of another
+    model into the folder does not mix with the first model's records, and a metrics.json
+    that is not a list of records is replaced, not trusted."""
+    tiny = dict(TINY, epochs=1, max_train=200, max_test=5, eval_samples=30, out=str(tmp_path))
+    path = tmp_path / "metrics.json"
+    (first,) = run(ExperimentConfig(**tiny)).records
+    run(ExperimentConfig(**dict(tiny, prior=("standard",))))
+    records = json.loads(path.read_text())
+    assert [r["prior"] for r in records] == ["vamp", "standard"]
+    assert records[0] == json.loads(json.dumps(first, default=str))  # kept as it was
+    (again,) = run(ExperimentConfig(**dict(tiny, prior=("vamp",), seed=1))).records
+    records = json.loads(path.read_text())
+    assert [(r["prior"], r["seed"]) for r in records] == [("standard", 0), ("vamp", 1)]
+    run(ExperimentConfig(**dict(tiny, prior=("standard",), model="hvae")))
+    assert [(r["prior"], r["model"]) for r in json.loads(path.read_text())] == [
+        ("standard", "hvae")]
+    path.write_text('{"not": "records"}')
+    run(ExperimentConfig(**dict(tiny, prior=("standard",))))
+    assert [r["prior"] for r in json.loads(path.read_text())] == ["standard"]
+
+
 def test_config_errors_name_the_setting_and_the_cli_names_the_flag():
     with pytest.raises(ConfigError) as error:
         ExperimentConfig(num_pseudo=0).resolve().check()
