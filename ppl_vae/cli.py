@@ -184,7 +184,8 @@ def build_parser(prog=None):
     p.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N")
     p.add_argument("--out", default=d.out, help="output directory")
     p.add_argument("--resume", action="store_true",
-                   help="continue each prior's run from its last checkpoint in --out")
+                   help="continue each prior's run from its last checkpoint in --out, and "
+                        "its evaluation from the test images already done")
     p.add_argument("--latent-gmm", type=int, default=d.latent_gmm, metavar="K",
                    help="fit a K-component Bayesian GMM (variational EM) to the latent means "
                         "and compare its clusters with the digit labels (0: off)")
@@ -234,7 +235,8 @@ def run(config):
         raise SystemExit(EXIT_USAGE) from None
     except KeyboardInterrupt:
         print(f"\ninterrupted: each prior's last finished epoch is in {out}/checkpoints/<prior>/"
-              "last.npz; continue with the same flags and --resume", file=sys.stderr)
+              "last.npz (and an evaluation's finished test images in evaluation.npz there); "
+              "continue with the same flags and --resume", file=sys.stderr)
         raise SystemExit(EXIT_INTERRUPTED) from None
     except DistributedError as e:  # --distributed: a rank or host was lost
         print(f"error: {translate(e)}", file=sys.stderr)

@@ -95,6 +95,53 @@ def test_priors_run_one_at_a_time_into_one_folder_keep_each_others_records(tmp_p
     assert [r["prior"] for r in json.loads(path.read_text())] == ["standard"]
 
 
+@pytest.mark.parametrize("backend", ["pyro", "numpyro"])
+def test_an_interrupted_evaluation_continues_where_it_stopped(backend, tmp_path, monkeypatch):
+    """The importance-sampled evaluation saves its per-image results as it goes: a run
+    interrupted after 4 of 6 test images, resumed, evaluates only the last 2 and reports the
+    mean over the 4 saved and the 2 new; resumed again it evaluates nothing and reports the
+    same number; with another number of samples it starts over."""
+    import importlib
+
+    runner_cls = importlib.import_module(f"ppl_vae.{backend}._runner").Runner
+    original = runner_cls.log_weight_chunks
+    calls = {"images": [], "stop_after": 4}
+
+    def one_image_at_a_time(self, built, result, test):
+        calls["images"].append(len(test))
+        for rows, log_w in original(self, built, result, test):
+            for i in range(len(log_w)):
+                if calls["stop_after"] == 0:
+                    raise KeyboardInterrupt
+                calls["stop_after"] -= 1
+                yield slice(rows.start + i, rows.start + i + 1), log_w[i:i + 1]
+
+    monkeypatch.setattr(runner_cls, "log_weight_chunks", one_image_at_a_time)
+    tiny = dict(TINY, backend=backend, epochs=1, max_train=200, max_test=6, eval_samples=30,
+                out=str(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        run(ExperimentConfig(**tiny))
+    saved_path = tmp_path / "checkpoints" / "vamp" / "evaluation.npz"
+    saved, meta = load_checkpoint(saved_path)
+    assert meta["kind"] == "evaluation" and len(saved["log_px"]) == 4
+    assert np.isfinite(saved["log_px"]).all()
+
+    calls.update(images=[], stop_after=-1)
+    (record,) = run(ExperimentConfig(**dict(tiny, resume=True))).records
+    assert calls["images"] == [2]  # only the images not yet evaluated
+    done, _ = load_checkpoint(saved_path)
+    np.testing.assert_array_equal(done["log_px"][:4], saved["log_px"])
+    assert record["test_log_likelihood"] == pytest.approx(np.mean(done["log_px"]), rel=1e-12)
+    assert record["num_test"] == 6
+
+    calls.update(images=[])
+    (again,) = run(ExperimentConfig(**dict(tiny, resume=True))).records
+    assert calls["images"] == [] and again["test_log_likelihood"] == record["test_log_likelihood"]
+    calls.update(images=[])
+    run(ExperimentConfig(**dict(tiny, resume=True, eval_samples=40)))
+    assert calls["images"] == [6]  # other settings: the saved results do not apply
+
+
 def test_config_errors_name_the_setting_and_the_cli_names_the_flag():
     with pytest.raises(ConfigError) as error:
         ExperimentConfig(num_pseudo=0).resolve().check()
