@@ -459,8 +459,7 @@ class Experiment:
             log_px, khat = (runner.gather_rows([(rows, part[k]) for rows, part in parts],
                                                len(data.test)) for k in (0, 1))
         else:  # saved as it goes: an interrupted evaluation continues on resume
-            chunks = self._remaining_chunks(prior_name, built, result)
-            log_px, khat = self._summarise_resumably(chunks)
+            log_px, khat = self._log_likelihoods(prior_name, built, result)
         eval_seconds = time.perf_counter() - t0
         ais = ais_seconds = None
         if c.eval == "ais":  # AIS from the guide on the same test images
@@ -477,7 +476,6 @@ class Experiment:
                     log_px=log_px, khat=khat, ais=ais, ais_seconds=ais_seconds,
                     train_seconds=train_seconds, eval_seconds=eval_seconds)
 
-    # ------------------------------------------------------------------ evaluation saved as it goes
     def _evaluation_identity(self, prior_name):
         """What the saved per-image results depend on: the evaluated parameters (the bytes of
         ``best.npz``), the test images, the number of samples, the backend and seed."""
@@ -491,53 +489,43 @@ class Experiment:
                     num_test=len(self.data.test), eval_samples=self.config.eval_samples,
                     backend=self.config.backend, seed=self.config.seed)
 
-    def _remaining_chunks(self, prior_name, built, result):
-        """The log-weight chunks of the test images not yet evaluated. With ``resume``, the
-        per-image results an interrupted evaluation of the same parameters saved in
-        ``checkpoints/<prior>/evaluation.npz`` are kept and only the images after them are
-        evaluated (with fresh random draws: the estimate is as good, not the same bits)."""
-        path = self.checkpoint_dir(prior_name) / "evaluation.npz"
-        self._evaluation = dict(path=path, identity=self._evaluation_identity(prior_name),
-                                log_px=np.zeros(0), khat=np.zeros(0))
-        if self.config.resume and path.exists() and self._evaluation["identity"] is not None:
+    def _log_likelihoods(self, prior_name, built, result, every=30.0):
+        """Per-image log p(x) and k-hat of the test images (:func:`summarise_log_weights`),
+        saved as they come to ``checkpoints/<prior>/evaluation.npz`` (at most every ``every``
+        seconds, at the end and when interrupted; atomically, as the checkpoints). With
+        ``resume``, the images an interrupted evaluation of the same parameters, test images
+        and samples saved are kept and only the rest are evaluated (with fresh random draws:
+        the estimate is as good, not the same bits)."""
+        from ppl_vae.checkpoint import save_checkpoint
+
+        path, test = self.checkpoint_dir(prior_name) / "evaluation.npz", self.data.test
+        identity = self._evaluation_identity(prior_name)
+        parts = [(np.zeros(0), np.zeros(0))]
+        if self.config.resume and identity is not None and path.exists():
             try:
                 arrays, meta = load_checkpoint(path)
             except CheckpointError:
                 arrays, meta = {}, {}
-            if meta.get("identity") == self._evaluation["identity"]:
-                self._evaluation.update(log_px=arrays["log_px"], khat=arrays["khat"])
-                if len(arrays["log_px"]):
-                    self.notify(f"{prior_name}: {len(arrays['log_px'])} of "
-                                f"{len(self.data.test)} test images were evaluated before; "
-                                f"evaluating the rest ({path})")
-        done = len(self._evaluation["log_px"])
-        if done == len(self.data.test):
-            return iter(())
-        return self.runner.log_weight_chunks(built, result, self.data.test[done:])
-
-    def _summarise_resumably(self, chunks, every=30.0):
-        """:func:`summarise_log_weights` over ``chunks`` after the saved images, writing the
-        per-image results so far to ``evaluation.npz`` at most every ``every`` seconds, at the
-        end and when interrupted (atomically, as the checkpoints)."""
-        from ppl_vae.checkpoint import save_checkpoint
-
-        ev = self._evaluation
-        parts = [(ev["log_px"], ev["khat"])]
+            if meta.get("identity") == identity:
+                parts = [(arrays["log_px"], arrays["khat"])]
+                self.notify(f"{prior_name}: {len(arrays['log_px'])} of {len(test)} test images "
+                            f"were evaluated before ({path}); evaluating the rest")
 
         def save():
-            if ev["identity"] is not None:
-                save_checkpoint(ev["path"], {"log_px": np.concatenate([p[0] for p in parts]),
-                                             "khat": np.concatenate([p[1] for p in parts])},
-                                {"kind": "evaluation", "identity": ev["identity"]})
+            if identity is not None:
+                save_checkpoint(path, {"log_px": np.concatenate([p[0] for p in parts]),
+                                       "khat": np.concatenate([p[1] for p in parts])},
+                                {"kind": "evaluation", "identity": identity})
 
-        last = time.perf_counter()
+        done, last = len(parts[0][0]), time.perf_counter()
         try:
-            for chunk in chunks:
-                parts.append(summarise_log_weights([chunk]))
-                if time.perf_counter() - last > every:
-                    save()
-                    last = time.perf_counter()
-        finally:  # interrupted (Ctrl-C, an error) or done: what was evaluated is kept
+            if done < len(test):
+                for chunk in self.runner.log_weight_chunks(built, result, test[done:]):
+                    parts.append(summarise_log_weights([chunk]))
+                    if time.perf_counter() - last > every:
+                        save()
+                        last = time.perf_counter()
+        finally:  # done, or interrupted (Ctrl-C, an error): what was evaluated is kept
             save()
         return tuple(np.concatenate([p[i] for p in parts]) for i in (0, 1))
 
