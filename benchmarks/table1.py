@@ -44,11 +44,18 @@ SEED_REPORT = {  # 1000 epochs, 500 IS samples (REFERENCE.md section 1)
     "freyfaces": (-2281.16, -2257.76, -2286.52),
     "caltech101": (-137.32, -135.15, -142.02),
 }
-PAPER = {  # standard, VampPrior (REFERENCE.md sections 1 and 8; approximate where noted there)
-    "static-mnist": (-88.56, -85.57),
-    "dynamic-mnist": (-84.50, -82.38),
-    "caltech101": (-123.43, -114.55),
-    "freyfaces": (4.63, 4.57),  # bits per dimension
+PAPER = {  # (dataset, model): (standard, VampPrior); REFERENCE.md sections 1 and 8, approximate
+    # where noted there; None: not on record
+    ("static-mnist", "vae"): (-88.56, -85.57),
+    ("static-mnist", "hvae"): (-86.05, -83.19),
+    ("static-mnist", "convhvae"): (None, -81.09),
+    ("static-mnist", "pixelhvae"): (None, -79.78),
+    ("dynamic-mnist", "vae"): (-84.50, -82.38),
+    ("dynamic-mnist", "hvae"): (-82.42, -81.24),
+    ("caltech101", "vae"): (-123.43, -114.55),
+    ("caltech101", "hvae"): (-112.08, -108.28),
+    ("freyfaces", "vae"): (4.63, 4.57),  # bits per dimension
+    ("freyfaces", "hvae"): (4.61, 4.51),
 }
 PRIORS = ("standard", "vamp", "vamp-data")
 
@@ -96,28 +103,56 @@ def main(argv=None):
     write_table(out, results)
 
 
+def per_image(record):
+    """The per-image log p(x) of a run (``evaluation.npz`` beside its checkpoints), or None."""
+    from ppl_vae.checkpoint import load_checkpoint
+
+    path = ROOT / record.get("checkpoint_dir", "-") / "evaluation.npz"
+    if not path.exists():
+        return None
+    arrays, _ = load_checkpoint(path)
+    return arrays["log_px"] if len(arrays["log_px"]) == record.get("num_test") else None
+
+
+def paired_difference(record, baseline):
+    """Mean and standard error of ``record``'s per-image log p(x) minus ``baseline``'s on the
+    same test images (the images' own spread cancels), or None without both."""
+    a, b = per_image(record), per_image(baseline)
+    if a is None or b is None or len(a) != len(b):
+        return None
+    d = a - b
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
+
+
 def write_table(out, results):
-    rows = ["| dataset | budget | model | prior | test LL (ours) | ± | seed report | paper "
-            "| k-hat > 0.7 | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    """``table1.md``: each run beside the seed report and the paper (their numbers are for the
+    same model), and every other model's paired difference from the MLP HVAE with the same
+    prior (``vs hvae``)."""
+    rows = ["| dataset | budget | model | prior | test LL (ours) | ± | vs hvae (paired) "
+            "| seed report | paper | k-hat > 0.7 | train s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for dataset, records in results.items():
         epochs, warmup, max_test, samples = BUDGETS[dataset]
         budget = (f"{epochs} ep ({warmup} warm-up), {samples} IS, "
                   f"{'all' if max_test is None else max_test} test")
+        hvae = {r["prior"]: r for r in records if r.get("model") == "hvae"}
         for r in records:
-            i = PRIORS.index(r["prior"])
-            vae = r.get("model", "vae") == "vae"  # the seed report's and paper's rows are VAEs
-            seed = SEED_REPORT.get(dataset, (None,) * 3)[i] if vae else None
-            paper = PAPER.get(dataset, (None, None, None))[i] if i < 2 and vae else None
+            i, model = PRIORS.index(r["prior"]), r.get("model", "vae")
+            seed = SEED_REPORT.get(dataset, (None,) * 3)[i] if model == "vae" else None
+            paper = PAPER.get((dataset, model), (None, None))[i] if i < 2 else None
             ll = r.get("test_log_likelihood")
             if ll is not None and dataset == "freyfaces":
                 bpd = -ll / (560 * math.log(2))  # nats per image -> bits per dimension
                 ll_text = f"{ll:.2f} ({bpd:.2f} bpd)"
             else:
                 ll_text = "diverged" if ll is None else f"{ll:.2f}"
+            diff = (paired_difference(r, hvae[r["prior"]])
+                    if model != "hvae" and r["prior"] in hvae else None)
             khat = r.get("khat_above_0_7")
             rows.append(
-                f"| {dataset} | {budget} | {r.get('model', 'vae')} | {r['prior']} | {ll_text} | "
+                f"| {dataset} | {budget} | {model} | {r['prior']} | {ll_text} | "
                 f"{r.get('test_log_likelihood_sem') or 0:.2f} | "
+                f"{'-' if diff is None else f'{diff[0]:+.2f} ± {diff[1]:.2f}'} | "
                 f"{'-' if seed is None else seed} | {'-' if paper is None else paper} | "
                 f"{'-' if khat is None else f'{100 * khat:.1f}%'} | "
                 f"{r.get('train_seconds', 0):.0f} |")
