@@ -11,7 +11,8 @@ The budget per dataset is in ``BUDGETS`` (epochs, warm-up, test images, importan
 the small datasets (Frey Faces, Caltech 101) train for hundreds of epochs; the 50,000-image
 ones for a few dozen on a 2-core CPU. An interrupted run continues with ``--resume``.
 
-``--table-only`` trains nothing and writes the table of what ``--out`` holds. ``--models`` runs
+``--table-only`` trains nothing and writes the table of what ``--out`` holds (and
+``<dataset>_curves.png``, every run's ELBO per epoch). ``--models`` runs
 other models at the same budget, each in its own folder
 (``<out>/<dataset>/<model>``; the one-layer VAE stays at ``<out>/<dataset>``), e.g. the
 paper's convolutional models beside the MLP HVAE (issue 24)::
@@ -124,6 +125,21 @@ def paired_difference(record, baseline):
     return float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d)))
 
 
+def save_curves(path, records, dataset):
+    """Training and validation ELBO per epoch of every run of ``dataset`` (from the
+    histories in their last checkpoints), one line per model and prior."""
+    from ppl_vae.checkpoint import load_checkpoint
+    from ppl_vae.plotting import save_elbo_curves
+
+    histories = {}
+    for r in records:
+        last = ROOT / r.get("checkpoint_dir", "-") / "last.npz"
+        if last.exists():
+            histories[f"{r.get('model', 'vae')} {r['prior']}"] = load_checkpoint(last)[1]["history"]
+    if histories:
+        save_elbo_curves(path, histories, title=f"{dataset}: every model at the same budget")
+
+
 def write_table(out, results):
     """``table1.md``: each run beside the seed report and the paper (their numbers are for the
     same model), and every other model's paired difference from the MLP HVAE with the same
@@ -157,6 +173,8 @@ def write_table(out, results):
                 f"{'-' if khat is None else f'{100 * khat:.1f}%'} | "
                 f"{r.get('train_seconds', 0):.0f} |")
     out.mkdir(parents=True, exist_ok=True)
+    for dataset, records in results.items():
+        save_curves(out / f"{dataset}_curves.png", records, dataset)
     (out / "table1.md").write_text("\n".join(rows) + "\n")
     (out / "table1.json").write_text(json.dumps(results, indent=2, default=str))
     print("\n".join(rows))
