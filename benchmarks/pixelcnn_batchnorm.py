@@ -12,7 +12,9 @@ prints and writes (``--out``, JSON) both validation ELBOs per epoch::
     python benchmarks/pixelcnn_batchnorm.py --data-dir ../shared/data --epochs 50
 
 The runs are one after the other: compare ELBOs epoch by epoch; their seconds per epoch
-are only comparable on a quiet machine.
+are only comparable on a quiet machine. ``--baseline out/conv/freyfaces/pixelhvae/checkpoints/
+vamp/last.npz`` takes ppl_vae's curve from a run already made with the same settings (its
+recorded configuration is compared first) and trains only the BatchNorm variant.
 """
 
 import argparse
@@ -24,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ppl_vae.checkpoint import config_mismatches, load_checkpoint
 from ppl_vae.experiment import ExperimentConfig, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +60,9 @@ def main(argv=None):
                    help="KL warm-up epochs (the table1.py budget's: 100)")
     p.add_argument("--max-train", type=int, default=None)
     p.add_argument("--out", default="out/pixelcnn_batchnorm.json")
+    p.add_argument("--baseline", metavar="CHECKPOINT",
+                   help="ppl_vae's curve from this checkpoint of a run with the same settings "
+                        "(table1.py's) instead of training it again")
     args = p.parse_args(argv)
     config = ExperimentConfig(backend="pyro", model="pixelhvae", dataset=args.dataset,
                               data_dir=args.data_dir, prior=("vamp",), epochs=args.epochs,
@@ -64,7 +70,19 @@ def main(argv=None):
     experiment = prepare(config)
     data, runner = experiment.data, experiment.runner
     histories = {}
+    if args.baseline:
+        _, meta = load_checkpoint(args.baseline)
+        differences = config_mismatches(meta["config"], experiment.run_config("vamp"))
+        if differences:
+            raise SystemExit(f"--baseline {args.baseline} was trained with other settings: "
+                             + "; ".join(f"{k}: {a} there, {b} here" for k, a, b in differences))
+        if len(meta["history"]) < args.epochs:
+            raise SystemExit(f"--baseline {args.baseline} has {len(meta['history'])} epochs; "
+                             f"--epochs is {args.epochs}")
+        histories["ppl_vae"] = meta["history"][:args.epochs]
     for name in ("ppl_vae", "batchnorm"):
+        if name in histories:
+            continue
         built = runner.build("vamp", data.train.shape[1], data.train)  # same seed, same init
         if name == "batchnorm":
             add_batch_norm(built.networks["decoder"])
