@@ -506,7 +506,7 @@ class Experiment:
                 arrays, meta = load_checkpoint(path)
             except CheckpointError:
                 arrays, meta = {}, {}
-            if meta.get("identity") == identity:
+            if meta.get("identity") == identity and len(arrays["log_px"]):
                 parts = [(arrays["log_px"], arrays["khat"])]
                 self.notify(f"{prior_name}: {len(arrays['log_px'])} of {len(test)} test images "
                             f"were evaluated before ({path}); evaluating the rest")
